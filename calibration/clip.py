@@ -1,0 +1,51 @@
+"""CLIP feeds: photos for the image encoder, prompts for the text encoder; zero-shot agreement check."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgefm.calibration.data import CalibrationData
+from edgefm.compare import normalize, top1_agreement
+from edgefm.manifest import Manifest
+from edgefm.runtimes.preprocess import preprocess
+from edgefm.runtimes.tokenizer import TextTokenizer
+from edgefm.spec import Check
+
+
+def _tokenizer(manifest: Manifest, directory: Path) -> TextTokenizer:
+    text = manifest.task["text"]
+    return TextTokenizer(Path(directory) / text["tokenizer"], text["context_length"], text["pad_id"])
+
+
+def _pixels(images, manifest: Manifest) -> np.ndarray:
+    return preprocess(images, manifest.task["preprocess"])
+
+
+def feeds(component: str, manifest: Manifest, directory: Path, data: CalibrationData):
+    """(calibration feeds of batch 1, held-out feeds) for one component."""
+    if component == "image_encoder":
+        calib = [{"pixel_values": _pixels([p], manifest)} for p in data.calib_images]
+        return calib, [{"pixel_values": _pixels(data.heldout_images, manifest)}]
+    tokenize = _tokenizer(manifest, directory)
+    calib = [{"input_ids": tokenize([p])} for p in data.calib_prompts]
+    return calib, [{"input_ids": tokenize(data.heldout_prompts)}]
+
+
+def extra_checks(component: str, candidate, reference: dict, manifest: Manifest, directory: Path,
+                 data: CalibrationData, gates: dict) -> list[Check]:
+    """Zero-shot top-1 over the calibration photos: does the compiled encoder pick the same label?
+
+    The other encoder stays the fp32 reference, so the figure belongs to this component alone.
+    """
+    pixels = {"pixel_values": _pixels(data.all_images, manifest)}
+    ids = {"input_ids": _tokenizer(manifest, directory)([f"a photo of {label}." for label in data.labels])}
+    ref_images = normalize(reference["image_encoder"].run(pixels)["image_embeds"])
+    ref_texts = normalize(reference["text_encoder"].run(ids)["text_embeds"])
+    if component == "image_encoder":
+        got = normalize(candidate.run(pixels)["image_embeds"]) @ ref_texts.T
+    else:
+        got = ref_images @ normalize(candidate.run(ids)["text_embeds"]).T
+    value = top1_agreement(got, ref_images @ ref_texts.T)
+    return [Check("zero_shot_top1_agreement", value, gates["zero_shot_top1_agreement"],
+                  detail={"images": len(data.all_images), "labels": len(data.labels)})]

@@ -1,0 +1,134 @@
+"""`edgefm compile`: exported artifact -> compiled artifact for one target and precision.
+
+Per component the target's scheme ladder is tried in order; each attempt is validated against
+the fp32 export on held-out real inputs and the first one that passes its gates is kept.
+"""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from edgefm import registry
+from edgefm.errors import ArtifactError, EdgefmError, GateError, UnknownChoiceError
+from edgefm.manifest import ComponentEntry, Manifest, sha256_file
+from edgefm.onnx_files import external_data_files
+from edgefm.spec import Precision
+from edgefm.staging import staging_dir
+from edgefm.validation import validate_component
+
+
+def resolve_target(target_name: str, precision: str):
+    target = registry.target(target_name)
+    reason = target.available()
+    if reason:
+        raise EdgefmError(f"target {target.name} cannot compile on this machine: {reason}")
+    chosen = Precision.parse(precision)
+    if chosen not in target.precisions:
+        raise UnknownChoiceError(f"precision for {target.name}", precision, [p.value for p in target.precisions])
+    return target, chosen
+
+
+def load_exported(artifact: Path) -> Manifest:
+    manifest = Manifest.load(artifact)
+    if manifest.stage != "exported":
+        raise ArtifactError(f"{artifact} is already compiled ({manifest.stage}); compile the exported artifact "
+                            f"it was made from: {(manifest.parent or {}).get('path', '?')}")
+    return manifest
+
+
+def compile_artifact(artifact: Path, target_name: str, precision: str, out: Path, calib_dir: Path | None = None,
+                     calib_size: int | None = None, prompts: Path | None = None, options=None,
+                     allow_below_gate: bool = False, overwrite: bool = False,
+                     log: Callable[[str], None] = print) -> Manifest:
+    from edgefm.calibration.data import load as load_calibration
+    from edgefm.runtimes.loader import open_sessions
+
+    target, precision = resolve_target(target_name, precision)
+    options = options or target.options_class()
+    artifact = Path(artifact).resolve()
+    source = load_exported(artifact)
+    family = registry.family(source.family)
+    recipe = registry.family_module("edgefm.calibration", source.family)
+    data = load_calibration(calib_dir, calib_size, prompts)
+    reference = open_sessions(artifact, source)
+    with staging_dir(Path(out), overwrite) as tmp:
+        for name in source.assets:
+            shutil.copy2(artifact / name, tmp / name)
+        entries = {}
+        for name, entry in source.components.items():
+            calib_feeds, heldout = recipe.feeds(name, source, artifact, data)
+            context = _Context(target, options, precision, artifact, tmp, recipe, data, reference, source)
+            entries[name] = context.compile_component(name, entry, calib_feeds, heldout,
+                                                      family.gates(name, precision.value), allow_below_gate, log)
+        shutil.rmtree(tmp / ".work", ignore_errors=True)
+        manifest = Manifest(
+            family=source.family, variant=source.variant, stage="compiled", components=entries,
+            assets=dict(source.assets), task=source.task, source=source.source,
+            parent={"path": str(artifact), "manifest_sha256": sha256_file(artifact / "manifest.json"),
+                    "calibration": {"dir": str(Path(calib_dir).resolve()) if calib_dir else None,
+                                    "size": calib_size, "prompts": str(prompts) if prompts else None}})
+        manifest.save(tmp)
+    return manifest
+
+
+@dataclasses.dataclass
+class _Context:
+    target: object
+    options: object
+    precision: Precision
+    artifact: Path
+    out_dir: Path
+    recipe: object
+    data: object
+    reference: dict
+    source: Manifest
+
+    def compile_component(self, name: str, entry: ComponentEntry, calib_feeds, heldout, gates: dict,
+                          allow_below_gate: bool, log) -> ComponentEntry:
+        import importlib
+
+        from edgefm.targets.base import CompileRequest
+
+        runtime = importlib.import_module(f"edgefm.runtimes.{self.target.runtime}")
+        work = self.out_dir / ".work" / name
+        attempts = []
+        for index, scheme in enumerate(self.target.schemes(self.precision, self.options)):
+            attempt_dir = work / str(index)
+            attempt_dir.mkdir(parents=True)
+            log(f"{name}: {self.target.name} {self.precision.value} scheme {scheme.name}")
+            request = CompileRequest(name, self.artifact / entry.file, entry, self.precision, scheme, calib_feeds,
+                                     attempt_dir, work)
+            file = self.target.compile(request, self.options)
+            candidate = runtime.open_session(attempt_dir / file, entry, name)
+            validation = validate_component(name, candidate, self.reference, heldout, gates, self.recipe,
+                                            self.source, self.artifact, self.data)
+            attempts.append((scheme, attempt_dir, file, validation))
+            log(f"{name}: {_describe(validation)} -> {'pass' if validation['passed'] else 'below gate'}")
+            if validation["passed"]:
+                break
+        scheme, attempt_dir, file, validation = next(
+            (a for a in attempts if a[3]["passed"]), max(attempts, key=lambda a: a[3]["value"]))
+        if not validation["passed"] and not allow_below_gate:
+            tried = "; ".join(f"{s.name}: {_describe(v)}" for s, _, _, v in attempts)
+            raise GateError(f"{name} in {self.precision.value} stays below its gate after every scheme ({tried}). "
+                            "Try another precision, calibrate on your own images with --calib DIR, or keep the "
+                            "best attempt anyway with --allow-below-gate (recorded in the manifest)")
+        validation["allowed_below_gate"] = not validation["passed"]
+        validation["attempts"] = [{"scheme": s.name, "passed": v["passed"], "value": v["value"]}
+                                  for s, _, _, v in attempts]
+        for produced in attempt_dir.iterdir():
+            shutil.move(str(produced), self.out_dir / produced.name)
+        data_files = {p: sha256_file(self.out_dir / p) for p in external_data_files(self.out_dir / file)}
+        static_int8 = self.precision is Precision.INT8 and getattr(self.options, "int8_mode", "static") == "static"
+        return dataclasses.replace(
+            entry, file=file, sha256=sha256_file(self.out_dir / file), runtime=self.target.runtime,
+            target=self.target.name, precision=self.precision.value, validation=validation, data_files=data_files,
+            calibration=self.data.record(len(calib_feeds)) if static_int8 else None,
+            options={**entry.options, "compile": {"scheme": scheme.name, **scheme.params,
+                                                  **dataclasses.asdict(self.options)}})
+
+
+def _describe(validation: dict) -> str:
+    return ", ".join(f"{c['metric']} {c['value']:.5f} (gate {c['gate']})" for c in validation["checks"])

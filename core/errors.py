@@ -1,0 +1,28 @@
+"""Errors a user can act on. Each message names the problem and the fix."""
+
+
+class EdgefmError(Exception):
+    """Base class: the CLI prints these without a traceback and exits non-zero."""
+
+
+class UnknownChoiceError(EdgefmError):
+    def __init__(self, kind: str, value: str, choices):
+        choices = sorted(choices)
+        super().__init__(f"unknown {kind} {value!r}; valid choices: {', '.join(choices)}")
+        self.choices = choices
+
+
+class ArtifactError(EdgefmError):
+    """A missing, corrupt or inconsistent artifact directory."""
+
+
+class FeedError(EdgefmError):
+    """Inputs given to a session do not match its spec."""
+
+
+class CalibrationError(EdgefmError):
+    """No usable calibration data."""
+
+
+class GateError(EdgefmError):
+    """An accuracy gate failed."""

@@ -1,0 +1,68 @@
+"""Typed descriptions shared by every stage: tensors, precisions and accuracy gates."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from edgefm.errors import UnknownChoiceError
+
+
+class Precision(str, Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+    INT4 = "int4"
+
+    @classmethod
+    def parse(cls, value: str) -> "Precision":
+        try:
+            return cls(value.lower())
+        except ValueError:
+            raise UnknownChoiceError("precision", value, [p.value for p in cls]) from None
+
+
+Dim = int | str  # a fixed size, or the symbolic name of a dynamic dimension
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name, e.g. "float32", "int64"
+    shape: tuple[Dim, ...]
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "TensorSpec":
+        return cls(data["name"], data["dtype"], tuple(data["shape"]))
+
+    def describe(self) -> str:
+        return f"{self.name}: {self.dtype}[{', '.join(str(d) for d in self.shape)}]"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One accuracy figure against a reference, with the gate it must reach."""
+
+    metric: str
+    value: float
+    gate: float
+    higher_is_better: bool = True
+    detail: dict = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.value >= self.gate if self.higher_is_better else self.value <= self.gate
+
+    def to_json(self) -> dict:
+        return {"metric": self.metric, "value": self.value, "gate": self.gate,
+                "higher_is_better": self.higher_is_better, "passed": self.passed, **self.detail}
+
+
+def validation_record(checks: list[Check], reference: str, inputs: str, **extra) -> dict:
+    """Manifest form of a validation: the first check is the headline metric; `passed` covers all."""
+    head = checks[0]
+    return {"metric": head.metric, "value": head.value, "gate": head.gate,
+            "passed": all(c.passed for c in checks), "reference": reference, "inputs": inputs,
+            "checks": [c.to_json() for c in checks], **extra}

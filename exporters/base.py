@@ -1,0 +1,150 @@
+"""What a model family provides: variants, how to load a model, and its exportable components."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgefm.errors import EdgefmError, UnknownChoiceError
+from edgefm.spec import TensorSpec
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    hub_id: str | None  # None: only buildable with random weights (the offline `tiny` presets)
+    config: dict  # architecture config kwargs: real sizes, used for --random-weights and tiny
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # "preset" (random weights from a variant's config), "hub" or "dir"
+    id: str
+    variant: str | None = None
+
+    @property
+    def random_weights(self) -> bool:
+        return self.kind == "preset"
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    resolution: int | None = None  # image families with a free input size (DINOv2)
+    dynamic_resolution: bool = False
+    seed: int = 0  # seed for random weights of presets
+
+
+@dataclass
+class Component:
+    """One exportable graph: a torch wrapper and the contract of its inputs and outputs."""
+
+    name: str
+    module: Any  # torch.nn.Module
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    make_inputs: Callable[[np.random.Generator, dict[str, int]], dict[str, np.ndarray]]
+    trace_dims: dict[str, int]  # sizes used while tracing (batch >= 2 so it stays symbolic)
+    validation_dims: list[dict[str, int]]  # at least two shapes checked against torch
+    dims: dict[str, dict] = field(default_factory=dict)  # symbolic dim rules: default / max / multiple_of
+    arch: dict = field(default_factory=dict)  # what graph optimizers need (ORT model type, heads, hidden)
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # the transformers model, eval mode
+    processor: Any  # what writes the tokenizer / preprocessor files
+    weights_sha256: str
+    extra: dict = field(default_factory=dict)
+
+
+def weights_sha256(model) -> str:
+    """Content hash of a model's weights, whatever they came from (hub, dir or random preset)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class ModelFamily:
+    name: str = ""
+    description: str = ""
+    variants: dict[str, Variant] = {}
+    component_names: tuple[str, ...] = ()
+    supports_resolution: bool = False
+
+    def resolve(self, model: str | None, variant: str | None, random_weights: bool = False) -> Source:
+        if (model is None) == (variant is None):
+            raise EdgefmError(f"give exactly one of --model ID_OR_DIR or --variant NAME "
+                              f"(variants of {self.name}: {', '.join(self.variants)})")
+        if model is not None:
+            if random_weights:
+                raise EdgefmError("--random-weights builds a variant's architecture; use it with --variant")
+            kind = "dir" if Path(model).is_dir() else "hub"
+            return Source(kind, str(Path(model).resolve()) if kind == "dir" else model)
+        if variant not in self.variants:
+            raise UnknownChoiceError(f"{self.name} variant", variant, self.variants)
+        chosen = self.variants[variant]
+        if chosen.hub_id is None or random_weights:
+            return Source("preset", chosen.hub_id or variant, variant)
+        return Source("hub", chosen.hub_id, variant)
+
+    def check_options(self, options: ExportOptions) -> None:
+        if not self.supports_resolution and (options.resolution or options.dynamic_resolution):
+            raise EdgefmError(f"--resolution / --dynamic-resolution do not apply to {self.name}")
+
+    # What each family implements -------------------------------------------------------------
+    def load(self, source: Source, options: ExportOptions) -> LoadedModel:
+        raise NotImplementedError
+
+    def components(self, loaded: LoadedModel, options: ExportOptions) -> list[Component]:
+        raise NotImplementedError
+
+    def write_assets(self, loaded: LoadedModel, out_dir: Path, options: ExportOptions) -> dict:
+        """Write tokenizer / preprocessor files; return the manifest's `task` block."""
+        raise NotImplementedError
+
+    def gates(self, component: str, precision: str) -> dict[str, float]:
+        """Accuracy gates for a compiled component vs the fp32 export: metric -> minimum value."""
+        raise NotImplementedError
+
+
+def from_pretrained(loader: Callable, source: Source, what: str):
+    """Load from a hub id or local directory with an error that says what to do offline."""
+    try:
+        return loader(source.id)
+    except OSError as exc:
+        hint = ("check the directory holds a save_pretrained() checkpoint"
+                if source.kind == "dir" else
+                "no network or unknown id? download it where you have a network and pass --model LOCAL_DIR, "
+                "or use --variant tiny / --random-weights offline")
+        raise EdgefmError(f"could not load the {what} from {source.id!r}: {exc.__class__.__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}; {hint}") from None
+
+
+# Compiled vs the fp32 export, mean cosine per output on held-out real inputs. Values follow what
+# deployments of ViT embedders accept: fp16 and int4 weight-only are near-lossless, int8 QDQ a bit less.
+COSINE_GATES = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.98, "int4": 0.98}
+
+
+def pil_image_processor(name: str, **kwargs):
+    """A transformers image processor on its PIL backend (transformers 5 prefers torchvision when present)."""
+    import transformers
+
+    cls = getattr(transformers, f"{name}Pil", None) or getattr(transformers, name)
+    return cls(**kwargs)
+
+
+def preprocess_config(image_processor) -> dict:
+    """The manifest's preprocessing block, read from a transformers image processor."""
+    from PIL import Image
+
+    size, crop = image_processor.size, image_processor.crop_size
+    return {"resize_shortest_edge": size["shortest_edge"], "crop": [crop["height"], crop["width"]],
+            "mean": [float(x) for x in image_processor.image_mean], "std": [float(x) for x in image_processor.image_std],
+            "rescale": float(image_processor.rescale_factor),
+            "resample": Image.Resampling(image_processor.resample).name.lower()}

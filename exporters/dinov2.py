@@ -1,0 +1,146 @@
+"""DINOv2 (distilled ViT-S/B/L/14, ViT-g/14, with or without registers): CLS embedding + patch tokens."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgefm.errors import EdgefmError
+from edgefm.exporters.base import (COSINE_GATES, Component, ExportOptions, LoadedModel, ModelFamily, Source,
+                                   Variant, from_pretrained, pil_image_processor, preprocess_config,
+                                   weights_sha256)
+from edgefm.spec import TensorSpec
+
+PATCH = 14
+_COMMON = dict(image_size=518, patch_size=PATCH, mlp_ratio=4, layerscale_value=1.0)
+_SIZES = {
+    "small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6),
+    "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12),
+    "large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16),
+    "giant": dict(hidden_size=1536, num_hidden_layers=40, num_attention_heads=24, use_swiglu_ffn=True),
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4),
+}
+_LETTER = {"small": "S", "base": "B", "large": "L", "giant": "g"}
+
+
+def _variants():
+    found = []
+    for size, arch in _SIZES.items():
+        for registers in (False, True):
+            name = size + ("-reg" if registers else "")
+            config = dict(_COMMON, **arch, **({"num_register_tokens": 4} if registers else {}))
+            if size == "tiny":
+                hub, text = None, "real DINOv2 class, small config, seeded random weights (offline)"
+            else:
+                hub = f"facebook/dinov2-{'with-registers-' if registers else ''}{size}"
+                text = f"distilled ViT-{_LETTER[size]}/14{' with registers' if registers else ''}"
+            found.append(Variant(name, hub, config, text))
+    return {v.name: v for v in found}
+
+
+VARIANTS = _variants()
+
+
+def _image_processor():
+    return pil_image_processor("BitImageProcessor", size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224},
+                               image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225], do_convert_rgb=True)
+
+
+def _wrapper(model):
+    import torch
+
+    skip = 1 + getattr(model.config, "num_register_tokens", 0)  # CLS + register tokens
+
+    class Dinov2Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, pixel_values):
+            out = self.model(pixel_values=pixel_values)
+            return out.pooler_output, out.last_hidden_state[:, skip:]
+
+    return Dinov2Encoder().eval()
+
+
+class Dinov2Family(ModelFamily):
+    name = "dinov2"
+    description = "DINOv2 image features: CLS embedding and patch tokens (fixed or dynamic resolution)"
+    variants = VARIANTS
+    component_names = ("image_encoder",)
+    supports_resolution = True
+
+    def load(self, source: Source, options: ExportOptions) -> LoadedModel:
+        import torch
+        import transformers
+
+        if source.random_weights:
+            config = VARIANTS[source.variant].config
+            torch.manual_seed(options.seed)
+            if "num_register_tokens" in config:
+                model = transformers.Dinov2WithRegistersModel(transformers.Dinov2WithRegistersConfig(**config))
+            else:
+                model = transformers.Dinov2Model(transformers.Dinov2Config(**config))
+            processor = _image_processor()
+        else:
+            model = from_pretrained(transformers.AutoModel.from_pretrained, source, "DINOv2 model")
+            if model.config.model_type not in ("dinov2", "dinov2_with_registers"):
+                raise EdgefmError(f"{source.id} is a {model.config.model_type!r} checkpoint, not DINOv2")
+            processor = from_pretrained(transformers.AutoImageProcessor.from_pretrained, source,
+                                        "DINOv2 image processor (preprocessor_config.json)")
+        model.eval()
+        return LoadedModel(model, processor, weights_sha256(model))
+
+    def resolution(self, loaded: LoadedModel, options: ExportOptions) -> int:
+        resolution = options.resolution or loaded.processor.crop_size["height"]
+        if resolution % PATCH or resolution < PATCH:
+            raise EdgefmError(f"--resolution {resolution} must be a positive multiple of {PATCH} "
+                              f"(e.g. 224 or 518)")
+        return resolution
+
+    def components(self, loaded: LoadedModel, options: ExportOptions) -> list[Component]:
+        config = loaded.model.config
+        res = self.resolution(loaded, options)
+        hidden = config.hidden_size
+        arch = {"model_type": "vit", "num_heads": config.num_attention_heads, "hidden_size": hidden}
+
+        def images(rng: np.random.Generator, dims: dict) -> dict:
+            shape = (dims["batch"], 3, dims.get("height", res), dims.get("width", res))
+            return {"pixel_values": rng.standard_normal(shape, dtype=np.float32)}
+
+        if options.dynamic_resolution:
+            pixels, patches = ("batch", 3, "height", "width"), "patches"
+            step = {"default": res, "multiple_of": PATCH}
+            dims = {"batch": {"default": 1}, "height": step, "width": step}
+            # trace non-square so height and width stay independent symbols
+            trace = {"batch": 2, "height": res, "width": res + PATCH}
+            wide = res + 4 * PATCH
+            checks = [{"batch": 1, "height": res, "width": res}, {"batch": 2, "height": res, "width": wide},
+                      {"batch": 3, "height": wide, "width": res - 2 * PATCH if res > 2 * PATCH else res}]
+        else:
+            pixels, patches = ("batch", 3, res, res), (res // PATCH) ** 2
+            dims, trace = {"batch": {"default": 1}}, {"batch": 2}
+            checks = [{"batch": 1}, {"batch": 3}]
+        return [Component(
+            "image_encoder", _wrapper(loaded.model),
+            [TensorSpec("pixel_values", "float32", pixels)],
+            [TensorSpec("cls_embedding", "float32", ("batch", hidden)),
+             TensorSpec("patch_tokens", "float32", ("batch", patches, hidden))],
+            images, trace, checks, dims, arch)]
+
+    def write_assets(self, loaded: LoadedModel, out_dir: Path, options: ExportOptions) -> dict:
+        loaded.processor.save_pretrained(str(out_dir))
+        preprocess = preprocess_config(loaded.processor)
+        res = self.resolution(loaded, options)
+        if preprocess["crop"] != [res, res]:  # keep the checkpoint's resize / crop ratio
+            preprocess["resize_shortest_edge"] = round(preprocess["resize_shortest_edge"] * res / preprocess["crop"][0])
+            preprocess["crop"] = [res, res]
+        return {"preprocess": preprocess, "patch_size": PATCH, "resolution": res,
+                "dynamic_resolution": options.dynamic_resolution,
+                "num_register_tokens": getattr(loaded.model.config, "num_register_tokens", 0)}
+
+    def gates(self, component: str, precision: str) -> dict[str, float]:
+        return {"cosine": COSINE_GATES[precision]}
+
+
+FAMILY = Dinov2Family()

@@ -1,0 +1,39 @@
+"""`edgefm.load(DIR)`: verify the artifact, open one session per component, add task helpers."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from edgefm.manifest import Manifest
+from edgefm.registry import family_module
+from edgefm.runtimes.session import Session
+
+
+class Artifact:
+    """An artifact directory with its sessions. Family pipelines subclass this with task helpers."""
+
+    def __init__(self, directory: Path, manifest: Manifest, sessions: dict[str, Session]):
+        self.directory = Path(directory)
+        self.manifest = manifest
+        self.sessions = sessions
+
+    def __getitem__(self, component: str) -> Session:
+        return self.sessions[component]
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.manifest.family} from {self.directory}: {sorted(self.sessions)}>"
+
+
+def open_sessions(directory: Path, manifest: Manifest, **session_options) -> dict[str, Session]:
+    sessions = {}
+    for name, entry in manifest.components.items():
+        runtime = importlib.import_module(f"edgefm.runtimes.{entry.runtime}")
+        sessions[name] = runtime.open_session(Path(directory) / entry.file, entry, name, **session_options)
+    return sessions
+
+
+def load(directory, verify: bool = True, **session_options) -> Artifact:
+    directory = Path(directory)
+    manifest = Manifest.load(directory, verify=verify)
+    pipeline = family_module("edgefm.runtimes.pipelines", manifest.family)
+    return pipeline.ARTIFACT_CLASS(directory, manifest, open_sessions(directory, manifest, **session_options))

@@ -1,0 +1,31 @@
+"""ONNX Runtime session: runs exported and ORT-compiled graphs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgefm.manifest import ComponentEntry
+from edgefm.runtimes.session import Session
+
+
+class OnnxRuntimeSession(Session):
+    def __init__(self, path: Path, entry: ComponentEntry, name: str, providers=None, threads: int | None = None):
+        import onnxruntime as ort
+
+        super().__init__(name, entry.inputs, entry.outputs, entry.options.get("dims"))
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3  # keep ORT's per-node warnings out of user output
+        self.path = Path(path)
+        self._session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+        self._output_names = [o.name for o in entry.outputs]
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self._session.run(self._output_names, feeds)
+        return dict(zip(self._output_names, values))
+
+
+def open_session(path: Path, entry: ComponentEntry, name: str, **options) -> OnnxRuntimeSession:
+    return OnnxRuntimeSession(path, entry, name, **options)

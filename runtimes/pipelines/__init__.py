@@ -1,0 +1,1 @@
+"""Task-level helpers over loaded artifacts, one module per family (named like the family)."""

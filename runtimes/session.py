@@ -1,0 +1,79 @@
+"""Session base: checks feeds against the manifest's specs before any backend sees them."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from edgefm.errors import FeedError
+from edgefm.spec import TensorSpec
+
+
+class Session:
+    """One component: `inputs`, `outputs`, `run(feeds) -> {name: array}`.
+
+    `dims` holds constraints on symbolic dimensions from the manifest, e.g.
+    {"height": {"default": 224, "multiple_of": 14}, "sequence": {"max": 77}}.
+    """
+
+    def __init__(self, name: str, inputs: list[TensorSpec], outputs: list[TensorSpec], dims: dict | None = None):
+        self.name = name
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+        self.dims = dims or {}
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.check_feeds(feeds)
+        return self._run(dict(feeds))
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> None:
+        if not isinstance(feeds, Mapping):
+            raise FeedError(f"{self.name}: feeds must be a dict of input name -> numpy array, got {type(feeds).__name__}")
+        expected = {s.name: s for s in self.inputs}
+        unknown = sorted(set(feeds) - set(expected))
+        missing = sorted(set(expected) - set(feeds))
+        if unknown or missing:
+            raise FeedError(f"{self.name}: unknown inputs {unknown}, missing inputs {missing}; "
+                            f"expected {self._describe_inputs()}")
+        bound: dict[str, tuple[int, str]] = {}
+        for name, spec in expected.items():
+            self._check_one(spec, feeds[name], bound)
+
+    def _check_one(self, spec: TensorSpec, value, bound: dict) -> None:
+        where = f"{self.name}: input {spec.name!r} (expected {spec.describe()})"
+        if not isinstance(value, np.ndarray):
+            raise FeedError(f"{where} must be a numpy array, got {type(value).__name__}")
+        if value.dtype != np.dtype(spec.dtype):
+            raise FeedError(f"{where} got dtype {value.dtype}; convert with .astype(np.{spec.dtype})")
+        if value.ndim != len(spec.shape):
+            raise FeedError(f"{where} got {value.ndim} dimensions {tuple(value.shape)}, needs {len(spec.shape)}")
+        for axis, (want, got) in enumerate(zip(spec.shape, value.shape)):
+            if isinstance(want, int):
+                if got != want:
+                    raise FeedError(f"{where} got shape {tuple(value.shape)}: axis {axis} must be {want}")
+                continue
+            self._check_symbolic(where, want, got, axis, value.shape)
+            if want in bound and bound[want][0] != got:
+                other_size, other_input = bound[want]
+                raise FeedError(f"{where} got {want}={got} on axis {axis}, but input {other_input!r} "
+                                f"has {want}={other_size}; they must agree")
+            bound.setdefault(want, (got, spec.name))
+
+    def _check_symbolic(self, where: str, dim: str, size: int, axis: int, shape) -> None:
+        rule = self.dims.get(dim, {})
+        if size < 1:
+            raise FeedError(f"{where} got shape {tuple(shape)}: {dim} (axis {axis}) must be at least 1")
+        if "max" in rule and size > rule["max"]:
+            raise FeedError(f"{where} got {dim}={size}; the model supports at most {rule['max']}")
+        if "multiple_of" in rule and size % rule["multiple_of"]:
+            raise FeedError(f"{where} got {dim}={size}; it must be a multiple of {rule['multiple_of']}")
+
+    def _describe_inputs(self) -> str:
+        return "; ".join(s.describe() for s in self.inputs)
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} {self.name}: inputs [{self._describe_inputs()}] -> "
+                f"[{'; '.join(s.describe() for s in self.outputs)}]>")

@@ -1,0 +1,1 @@
+"""Targets: one module per deployment target, each defining TARGET."""

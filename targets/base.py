@@ -1,0 +1,50 @@
+"""What a target provides: the precisions it builds and, per precision, a ladder of schemes.
+
+The compile job tries the schemes in order (most aggressive first) and keeps the first whose
+compiled graph passes the accuracy gates; each later rung keeps more of the graph in float.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgefm.manifest import ComponentEntry
+from edgefm.spec import Precision
+
+
+@dataclass(frozen=True)
+class Scheme:
+    name: str
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class CompileRequest:
+    """Everything one component's compile needs; the target writes `out_dir / <component>.<ext>`."""
+
+    component: str
+    source: Path  # the exported fp32 graph
+    entry: ComponentEntry
+    precision: Precision
+    scheme: Scheme
+    calibration_feeds: list[dict]  # batch-1 feeds from the calibration split
+    out_dir: Path
+    work_dir: Path  # scratch space shared by the attempts of one component
+
+
+class Target:
+    name: str = ""
+    runtime: str = ""  # the edgefm.runtimes module that loads what this target writes
+    precisions: tuple[Precision, ...] = ()
+    options_class: type = object
+
+    def available(self) -> str | None:
+        """None when this machine can compile for the target, else the reason it cannot."""
+        raise NotImplementedError
+
+    def schemes(self, precision: Precision, options) -> list[Scheme]:
+        raise NotImplementedError
+
+    def compile(self, request: CompileRequest, options) -> str:
+        """Write the compiled graph; return its file name (relative to request.out_dir)."""
+        raise NotImplementedError
