@@ -101,6 +101,12 @@ class Dinov2Family(ModelFamily):
     def components(self, loaded: LoadedModel, options: ExportOptions) -> list[Component]:
         config = loaded.model.config
         res = self.resolution(loaded, options)
+        if options.dynamic_resolution and config.model_type == "dinov2_with_registers":
+            # Its position embeddings are resized with antialiased bicubic interpolation, which the
+            # ONNX exporter only emits for fixed sizes; a dynamic graph would be wrong at other sizes.
+            raise EdgefmError("--dynamic-resolution is not supported for DINOv2 with registers (its antialiased "
+                              "position-embedding interpolation exports only at a fixed size); export one "
+                              "artifact per --resolution instead")
         hidden = config.hidden_size
         arch = {"model_type": "vit", "num_heads": config.num_attention_heads, "hidden_size": hidden}
 

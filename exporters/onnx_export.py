@@ -84,7 +84,10 @@ def validate_against_torch(component: Component, path: Path, entry: ComponentEnt
     worst_cos, worst_rel, worst_abs = 1.0, 0.0, 0.0
     for dims in component.validation_dims:
         feeds = component.make_inputs(rng, dims)
-        outputs = session.run(feeds)
+        try:
+            outputs = session.run(feeds)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise GateError(f"{component.name}: the exported graph fails to run at {dims}: {exc}") from None
         for spec, ref in zip(component.outputs, _torch_outputs(component, feeds)):
             got = outputs[spec.name]
             worst_cos = min(worst_cos, float(cosine_rows(got, ref).min()))

@@ -77,3 +77,18 @@ class Session:
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} {self.name}: inputs [{self._describe_inputs()}] -> "
                 f"[{'; '.join(s.describe() for s in self.outputs)}]>")
+
+    def example_feeds(self, rng: np.random.Generator, **sizes: int) -> dict[str, np.ndarray]:
+        """Random feeds at the default size of each symbolic dim (override with e.g. batch=8).
+
+        Integer inputs (token ids) are zeros, a valid id for every vocabulary.
+        """
+        feeds = {}
+        for spec in self.inputs:
+            shape = tuple(d if isinstance(d, int) else sizes.get(d, self.dims.get(d, {}).get("default", 1))
+                          for d in spec.shape)
+            if np.issubdtype(np.dtype(spec.dtype), np.floating):
+                feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+            else:
+                feeds[spec.name] = np.zeros(shape, spec.dtype)
+        return feeds

@@ -1,0 +1,24 @@
+# The two quick-start commands: `make demo` (main job, offline) and `make test`.
+# Both create .venv on first use. torch is installed first from TORCH (the CPU build here), so the
+# `build` extra's `torch>=2.6` is already satisfied and pip never pulls a multi-GB CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.edgefm-installed
+
+.PHONY: demo test bench
+demo: $(STAMP)
+	$(BIN)/edgefm demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_cpu_real_size.py
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[build,dev]"
+	touch $(STAMP)

@@ -1,0 +1,208 @@
+"""`edgefm` command line. Heavy modules are imported inside commands so `--help` stays fast."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from edgefm import __version__
+
+PRECISIONS = ["fp32", "fp16", "int8", "int4"]
+
+
+def _console(stderr: bool = True):
+    """Logs and errors go to stderr, result tables to stdout; tables stay readable when piped."""
+    import shutil
+
+    from rich.console import Console
+
+    return Console(stderr=stderr, width=max(shutil.get_terminal_size((160, 24)).columns, 120))
+
+
+def _log(message: str) -> None:
+    _console().print(f"[dim]•[/dim] {message}", highlight=False)
+
+
+class _Group(click.Group):
+    """Print edgefm's own errors as one clear line, without a traceback."""
+
+    def invoke(self, ctx):
+        from edgefm.errors import EdgefmError
+
+        try:
+            return super().invoke(ctx)
+        except EdgefmError as exc:
+            _console().print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+            sys.exit(2)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="edgefm")
+def main():
+    """Export vision foundation models to ONNX, compile them per target and precision, validate and run them."""
+
+
+@main.command()
+def models():
+    """List model families, their variants (hub ids and offline presets) and components."""
+    from rich.table import Table
+
+    from edgefm import registry
+
+    table = Table(title="edgefm model families")
+    for column in ("family", "variant", "hub id", "components", "description"):
+        table.add_column(column)
+    for family in sorted(registry.families().values(), key=lambda f: f.name):
+        for variant in family.variants.values():
+            table.add_row(family.name, variant.name, variant.hub_id or "(offline preset)",
+                          ", ".join(family.component_names), variant.description)
+    _console(stderr=False).print(table)
+
+
+def _export_options(f):
+    f = click.option("--model", help="Hub id or local directory written by save_pretrained().")(f)
+    f = click.option("--variant", help="A named variant (see `edgefm models`); `tiny` works offline.")(f)
+    f = click.option("--random-weights", is_flag=True,
+                     help="Build the variant's real architecture with seeded random weights (no download).")(f)
+    f = click.option("--resolution", type=int, help="Input size for DINOv2 (multiple of 14; default 224).")(f)
+    f = click.option("--dynamic-resolution", is_flag=True, help="Export DINOv2 with dynamic height/width.")(f)
+    return f
+
+
+def _export(family, model, variant, random_weights, resolution, dynamic_resolution, out, overwrite):
+    from edgefm.export_job import export
+    from edgefm.exporters.base import ExportOptions
+
+    options = ExportOptions(resolution=resolution, dynamic_resolution=dynamic_resolution)
+    return export(family, Path(out), model=model, variant=variant, random_weights=random_weights,
+                  options=options, overwrite=overwrite, log=_log)
+
+
+@main.command("export")
+@click.argument("family")
+@_export_options
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Artifact directory to write.")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def export_cmd(family, model, variant, random_weights, resolution, dynamic_resolution, out, overwrite):
+    """Export FAMILY to ONNX graphs + manifest, each checked against torch."""
+    manifest = _export(family, model, variant, random_weights, resolution, dynamic_resolution, out, overwrite)
+    _print_table([(out, manifest)])
+
+
+def _compile_options(f):
+    f = click.option("--target", default="onnxruntime", show_default=True, help="Deployment target.")(f)
+    f = click.option("--precision", default="fp32", show_default=True, help="fp32, fp16, int8 or int4.")(f)
+    f = click.option("--calib", type=click.Path(), help="Folder of your own images for calibration/validation.")(f)
+    f = click.option("--calib-size", type=int, help="Calibration images (and prompts) to use.")(f)
+    f = click.option("--calib-prompts", type=click.Path(dir_okay=False),
+                     help="Text file, one prompt per line, for text encoders.")(f)
+    f = click.option("--int8-mode", type=click.Choice(["static", "dynamic"]), default="static", show_default=True)(f)
+    f = click.option("--int4-block-size", type=int, default=32, show_default=True)(f)
+    f = click.option("--allow-below-gate", is_flag=True,
+                     help="Keep the best attempt even if it misses its accuracy gate (recorded in the manifest).")(f)
+    return f
+
+
+def _compile(artifact, out, target, precision, calib, calib_size, calib_prompts, int8_mode, int4_block_size,
+             allow_below_gate, overwrite):
+    from edgefm.compile_job import compile_artifact
+    from edgefm.targets.onnxruntime import OnnxRuntimeOptions
+
+    options = OnnxRuntimeOptions(int8_mode=int8_mode, int4_block_size=int4_block_size) \
+        if target == "onnxruntime" else None
+    return compile_artifact(Path(artifact), target, precision, Path(out), calib_dir=calib, calib_size=calib_size,
+                            prompts=calib_prompts, options=options, allow_below_gate=allow_below_gate,
+                            overwrite=overwrite, log=_log)
+
+
+@main.command("compile")
+@click.argument("artifact", type=click.Path())
+@_compile_options
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False))
+@click.option("--overwrite", is_flag=True)
+def compile_cmd(artifact, out, **kwargs):
+    """Compile an exported ARTIFACT for a target and precision, validated against the fp32 export."""
+    overwrite = kwargs.pop("overwrite")
+    manifest = _compile(artifact, out, overwrite=overwrite, **kwargs)
+    _print_table([(out, manifest)])
+    _exit_on_gate(manifest)
+
+
+@main.command()
+@click.argument("family")
+@_export_options
+@_compile_options
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False),
+              help="Writes OUT/exported and OUT/<target>-<precision>.")
+@click.option("--overwrite", is_flag=True)
+def build(family, model, variant, random_weights, resolution, dynamic_resolution, out, overwrite, **kwargs):
+    """Export FAMILY and compile it in one go."""
+    out = Path(out)
+    exported = _export(family, model, variant, random_weights, resolution, dynamic_resolution, out / "exported",
+                       overwrite)
+    compiled_dir = out / f"{kwargs['target']}-{kwargs['precision']}"
+    compiled = _compile(out / "exported", compiled_dir, overwrite=overwrite, **kwargs)
+    _print_table([(out / "exported", exported), (compiled_dir, compiled)])
+    _exit_on_gate(compiled)
+
+
+@main.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--against", type=click.Path(), help="Reference artifact (default: the parent export, or torch).")
+@click.option("--calib", type=click.Path(), help="Folder of images to validate on (default: as when compiled).")
+def validate(artifact, against, calib):
+    """Re-run ARTIFACT's accuracy checks: compiled vs its fp32 export, or exported vs torch."""
+    from edgefm.validate_job import validate as run_validation
+
+    manifest = run_validation(Path(artifact), against=against, calib_dir=calib, log=_log)
+    _print_table([(artifact, manifest)])
+    _exit_on_gate(manifest)
+
+
+@main.command()
+@click.argument("artifact", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the raw manifest.")
+def inspect(artifact, as_json):
+    """Show an artifact's manifest for people (or as JSON)."""
+    from edgefm.manifest import Manifest
+
+    manifest = Manifest.load(Path(artifact), verify=False)
+    if as_json:
+        click.echo(json.dumps(manifest.to_json(), indent=2))
+        return
+    from edgefm.report import inspect_view
+
+    _console(stderr=False).print(inspect_view(Path(artifact), manifest))
+
+
+@main.command()
+@click.option("-o", "--out", default="edgefm-demo", show_default=True, type=click.Path(file_okay=False))
+def demo(out):
+    """The main job, offline: tiny CLIP and DINOv2 -> ONNX -> ONNX Runtime fp32/fp16/int8/int4, validated."""
+    from edgefm.demo import run_demo
+
+    rows, latencies = run_demo(Path(out), log=_log)
+    _print_table(rows, latencies)
+    _exit_on_gate(*[m for _, m in rows], strict=True)
+
+
+def _print_table(rows, latencies=None):
+    from edgefm.report import results_table
+
+    _console(stderr=False).print(results_table(rows, latencies))
+
+
+def _exit_on_gate(*manifests, strict: bool = False):
+    """Exit 1 when a component is below its gate, unless --allow-below-gate kept it (and not strict)."""
+    failed = [name for m in manifests for name, e in m.components.items()
+              if e.validation and not e.validation["passed"]
+              and (strict or not e.validation.get("allowed_below_gate"))]
+    if failed:
+        _console().print(f"[bold red]below gate:[/bold red] {', '.join(failed)}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""`edgefm validate`: re-run an artifact's accuracy checks and report (the manifest is not rewritten)."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable
+
+from edgefm import registry
+from edgefm.errors import ArtifactError, EdgefmError
+from edgefm.manifest import Manifest
+
+
+def validate(artifact: Path, against: Path | None = None, calib_dir: Path | None = None,
+             log: Callable[[str], None] = print) -> Manifest:
+    manifest = Manifest.load(artifact)
+    if against is None and manifest.stage == "exported":
+        return _against_torch(Path(artifact), manifest, log)
+    reference_dir = Path(against or (manifest.parent or {}).get("path", ""))
+    if not (reference_dir / "manifest.json").is_file():
+        raise ArtifactError(f"reference artifact {reference_dir} not found; pass --against EXPORTED_DIR")
+    return _against_artifact(Path(artifact), manifest, reference_dir, calib_dir, log)
+
+
+def _against_artifact(artifact: Path, manifest: Manifest, reference_dir: Path, calib_dir, log) -> Manifest:
+    from edgefm.calibration.data import load as load_calibration
+    from edgefm.runtimes.loader import open_sessions
+    from edgefm.validation import validate_component
+
+    reference = Manifest.load(reference_dir)
+    if set(reference.components) != set(manifest.components) or reference.family != manifest.family:
+        raise ArtifactError(f"{reference_dir} ({reference.family}: {sorted(reference.components)}) is not a "
+                            f"reference for {artifact} ({manifest.family}: {sorted(manifest.components)})")
+    recorded = (manifest.parent or {}).get("calibration", {})
+    data = load_calibration(calib_dir or recorded.get("dir"), recorded.get("size"), recorded.get("prompts"))
+    family = registry.family(manifest.family)
+    recipe = registry.family_module("edgefm.calibration", manifest.family)
+    references = open_sessions(reference_dir, reference)
+    candidates = open_sessions(artifact, manifest)
+    entries = {}
+    for name, entry in manifest.components.items():
+        log(f"validating {name} against {reference_dir}")
+        _, heldout = recipe.feeds(name, reference, reference_dir, data)
+        validation = validate_component(name, candidates[name], references, heldout,
+                                        family.gates(name, entry.precision), recipe, reference, reference_dir, data)
+        entries[name] = dataclasses.replace(entry, validation=validation)
+    return dataclasses.replace(manifest, components=entries)
+
+
+def _against_torch(artifact: Path, manifest: Manifest, log) -> Manifest:
+    from edgefm.exporters.base import ExportOptions, Source
+    from edgefm.exporters.onnx_export import validate_against_torch
+
+    family = registry.family(manifest.family)
+    recorded = manifest.source
+    source = Source(recorded["kind"], recorded["id"], manifest.variant)
+    options = ExportOptions(**recorded.get("options", {}))
+    log(f"rebuilding the torch model from {source.kind} {source.id}")
+    loaded = family.load(source, options)
+    if loaded.weights_sha256 != recorded["weights_sha256"]:
+        raise EdgefmError(f"the weights at {source.id} differ from those {artifact} was exported from "
+                          "(sha256 mismatch); re-export, or validate against an artifact with --against")
+    entries = {}
+    for component in family.components(loaded, options):
+        log(f"validating {component.name} against torch")
+        entry = manifest.components[component.name]
+        entries[component.name] = dataclasses.replace(
+            entry, validation=validate_against_torch(component, artifact / entry.file, entry))
+    return dataclasses.replace(manifest, components=entries)
