@@ -132,3 +132,16 @@ def test_bad_compile_requests(dinov2_exported, compiled, tmp_path):
         compile_artifact(compiled("dinov2", "fp32"), "onnxruntime", "int8", tmp_path / "a", log=lambda m: None)
     with pytest.raises(ArtifactError, match="no manifest.json"):
         compile_artifact(tmp_path, "onnxruntime", "int8", tmp_path / "a", log=lambda m: None)
+
+
+def test_dynamic_resolution_compiles_and_validates_at_two_sizes(dinov2_dynamic, tmp_path):
+    from edgefm.calibration import dinov2 as recipe
+    from edgefm.calibration.data import load
+
+    manifest = Manifest.load(dinov2_dynamic)
+    _, heldout = recipe.feeds("image_encoder", manifest, dinov2_dynamic, load())
+    assert [f["pixel_values"].shape[2:] for f in heldout] == [(224, 224), (280, 336)]
+    compiled_manifest = compile_artifact(dinov2_dynamic, "onnxruntime", "int8", tmp_path / "int8", log=lambda m: None)
+    assert compiled_manifest.components["image_encoder"].validation["passed"]
+    grid = edgefm.load(tmp_path / "int8").patch_features(load().heldout_images[:1], size=(280, 336))
+    assert grid.shape == (1, 20, 24, 64)
