@@ -124,6 +124,8 @@ def make_inputs(exported: Path, component: str, batch: int) -> dict:
 
 def bench(base: dict, work: Path, log):
     """Yield one row per engine on one (component, batch); torch runs first as the cosine reference."""
+    from edgefm.compare import cosine_rows
+
     key = f"{base['family']}-{base['component']}-b{base['batch']}"
     inputs = work / f"{key}.in.npz"
     np.savez(inputs, **make_inputs(Path(base["exported"]), base["component"], base["batch"]))
@@ -137,15 +139,10 @@ def bench(base: dict, work: Path, log):
             got = np.load(spec["outputs"])
             reference = got if engine == "torch-fp32" else reference
         if "error" not in row and reference is not None:
-            row["cosine_per_output"] = {n: cosine(reference[n], got[n]) for n in reference.files}
+            # mean cosine over rows of the last axis (per embedding / per patch token)
+            row["cosine_per_output"] = {n: float(cosine_rows(got[n], reference[n]).mean()) for n in reference.files}
             row["cosine"] = min(row["cosine_per_output"].values())
         yield row
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean cosine over rows of the last axis (per embedding / per patch token)."""
-    a, b = (x.reshape(-1, x.shape[-1]).astype(np.float64) for x in (a, b))
-    return float(np.mean((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)))
 
 
 def measure(spec: dict) -> dict:
