@@ -117,8 +117,8 @@ def make_inputs(exported: Path, component: str, batch: int) -> dict:
     if spec.dtype == "float32":
         images = data.heldout_images
         return {spec.name: preprocess([images[i % len(images)] for i in range(batch)], manifest.task["preprocess"])}
-    text, prompts = manifest.task["text"], data.heldout_prompts
-    tokenize = TextTokenizer(exported / text["tokenizer"], text["context_length"], text["pad_id"])
+    prompts = data.heldout_prompts
+    tokenize = TextTokenizer.from_task(manifest.task, exported)
     return {spec.name: tokenize([prompts[i % len(prompts)] for i in range(batch)])}
 
 

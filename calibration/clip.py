@@ -14,8 +14,7 @@ from edgefm.spec import Check
 
 
 def _tokenizer(manifest: Manifest, directory: Path) -> TextTokenizer:
-    text = manifest.task["text"]
-    return TextTokenizer(Path(directory) / text["tokenizer"], text["context_length"], text["pad_id"])
+    return TextTokenizer.from_task(manifest.task, directory)
 
 
 def _pixels(images, manifest: Manifest) -> np.ndarray:

@@ -56,10 +56,10 @@ def compile_artifact(artifact: Path, target_name: str, precision: str, out: Path
     with staging_dir(Path(out), overwrite) as tmp:
         for name in source.assets:
             shutil.copy2(artifact / name, tmp / name)
+        context = _Context(target, options, precision, artifact, tmp, recipe, data, reference, source)
         entries = {}
         for name, entry in source.components.items():
             calib_feeds, heldout = recipe.feeds(name, source, artifact, data)
-            context = _Context(target, options, precision, artifact, tmp, recipe, data, reference, source)
             entries[name] = context.compile_component(name, entry, calib_feeds, heldout,
                                                       family.gates(name, precision.value), allow_below_gate, log)
         shutil.rmtree(tmp / ".work", ignore_errors=True)

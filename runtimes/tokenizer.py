@@ -18,6 +18,12 @@ class TextTokenizer:
         self._tokenizer.enable_truncation(max_length=context_length)
         self._tokenizer.enable_padding(pad_id=pad_id, length=context_length)
 
+    @classmethod
+    def from_task(cls, task: dict, directory: Path) -> "TextTokenizer":
+        """The tokenizer an artifact's manifest `task.text` block describes."""
+        text = task["text"]
+        return cls(Path(directory) / text["tokenizer"], text["context_length"], text["pad_id"])
+
     def __call__(self, texts) -> np.ndarray:
         if isinstance(texts, str):
             texts = [texts]

@@ -27,8 +27,7 @@ class ClipArtifact(Artifact):
     @property
     def tokenizer(self) -> TextTokenizer:
         if not hasattr(self, "_tokenizer"):
-            text = self.manifest.task["text"]
-            self._tokenizer = TextTokenizer(self.directory / text["tokenizer"], text["context_length"], text["pad_id"])
+            self._tokenizer = TextTokenizer.from_task(self.manifest.task, self.directory)
         return self._tokenizer
 
     def embed_images(self, images, normalized: bool = True) -> np.ndarray:
