@@ -13,10 +13,6 @@ from edgefm.runtimes.tokenizer import TextTokenizer
 from edgefm.spec import Check
 
 
-def _tokenizer(manifest: Manifest, directory: Path) -> TextTokenizer:
-    return TextTokenizer.from_task(manifest.task, directory)
-
-
 def _pixels(images, manifest: Manifest) -> np.ndarray:
     return preprocess(images, manifest.task["preprocess"])
 
@@ -26,7 +22,7 @@ def feeds(component: str, manifest: Manifest, directory: Path, data: Calibration
     if component == "image_encoder":
         calib = [{"pixel_values": _pixels([p], manifest)} for p in data.calib_images]
         return calib, [{"pixel_values": _pixels(data.heldout_images, manifest)}]
-    tokenize = _tokenizer(manifest, directory)
+    tokenize = TextTokenizer.from_task(manifest.task, directory)
     calib = [{"input_ids": tokenize([p])} for p in data.calib_prompts]
     return calib, [{"input_ids": tokenize(data.heldout_prompts)}]
 
@@ -38,7 +34,8 @@ def extra_checks(component: str, candidate, reference: dict, manifest: Manifest,
     The other encoder stays the fp32 reference, so the figure belongs to this component alone.
     """
     pixels = {"pixel_values": _pixels(data.all_images, manifest)}
-    ids = {"input_ids": _tokenizer(manifest, directory)([f"a photo of {label}." for label in data.labels])}
+    tokenize = TextTokenizer.from_task(manifest.task, directory)
+    ids = {"input_ids": tokenize([f"a photo of {label}." for label in data.labels])}
     ref_images = normalize(reference["image_encoder"].run(pixels)["image_embeds"])
     ref_texts = normalize(reference["text_encoder"].run(ids)["text_embeds"])
     if component == "image_encoder":
