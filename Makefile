@@ -1,4 +1,5 @@
-# The two quick-start commands: `make demo` (main job, offline) and `make test`.
+# The two quick-start commands: `make demo` (main job, offline) and `make test`; `make bench` runs the
+# real-size peer benchmark (edgefm vs PyTorch eager and optimum-onnx; it makes a second venv for optimum).
 # Both create .venv on first use. torch is installed first from TORCH (the CPU build here), so the
 # `build` extra's `torch>=2.6` is already satisfied and pip never pulls a multi-GB CUDA build.
 PYTHON ?= python3
@@ -15,7 +16,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_cpu_real_size.py
+	$(BIN)/python benchmarks/bench_peers.py
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

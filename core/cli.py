@@ -12,13 +12,13 @@ from edgefm import __version__
 PRECISIONS = ["fp32", "fp16", "int8", "int4"]
 
 
-def _console(stderr: bool = True):
+def _console(stderr: bool = True, min_width: int = 120):
     """Logs and errors go to stderr, result tables to stdout; tables stay readable when piped."""
     import shutil
 
     from rich.console import Console
 
-    return Console(stderr=stderr, width=max(shutil.get_terminal_size((160, 24)).columns, 120))
+    return Console(stderr=stderr, width=max(shutil.get_terminal_size((160, 24)).columns, min_width))
 
 
 def _log(message: str) -> None:
@@ -92,29 +92,44 @@ def export_cmd(family, model, variant, random_weights, resolution, dynamic_resol
 
 
 def _compile_options(f):
-    f = click.option("--target", default="onnxruntime", show_default=True, help="Deployment target.")(f)
-    f = click.option("--precision", default="fp32", show_default=True, help="fp32, fp16, int8 or int4.")(f)
+    f = click.option("--target", default="onnxruntime", show_default=True,
+                     help="Deployment target: onnxruntime or openvino.")(f)
+    f = click.option("--precision", default="fp32", show_default=True,
+                     help="fp32, fp16, int8, int4, or auto (compile each, keep the best that passes its gate).")(f)
+    f = click.option("--objective", type=click.Choice(["latency", "size"]), default="latency", show_default=True,
+                     help="What --precision auto optimizes, measured on this machine.")(f)
     f = click.option("--calib", type=click.Path(), help="Folder of your own images for calibration/validation.")(f)
     f = click.option("--calib-size", type=int, help="Calibration images (and prompts) to use.")(f)
     f = click.option("--calib-prompts", type=click.Path(dir_okay=False),
                      help="Text file, one prompt per line, for text encoders.")(f)
-    f = click.option("--int8-mode", type=click.Choice(["static", "dynamic"]), default="static", show_default=True)(f)
-    f = click.option("--int4-block-size", type=int, default=32, show_default=True)(f)
+    f = click.option("--int8-mode", type=click.Choice(["static", "dynamic"]),
+                     help="onnxruntime: static (calibrated QDQ, default) or dynamic.")(f)
+    f = click.option("--int4-group-size", type=int,
+                     help="Weights per int4 scale (default 32).")(f)
+    f = click.option("--int4-ratio", type=float, help="openvino: share of linear layers in int4 (default 1.0).")(f)
+    f = click.option("--device", help="openvino: CPU (default), GPU or NPU, as OpenVINO lists them.")(f)
     f = click.option("--allow-below-gate", is_flag=True,
                      help="Keep the best attempt even if it misses its accuracy gate (recorded in the manifest).")(f)
     return f
 
 
-def _compile(artifact, out, target, precision, calib, calib_size, calib_prompts, int8_mode, int4_block_size,
-             allow_below_gate, overwrite):
-    from edgefm.compile_job import compile_artifact
-    from edgefm.targets.onnxruntime import OnnxRuntimeOptions
+def _compile(artifact, out, target, precision, objective, calib, calib_size, calib_prompts, allow_below_gate,
+             overwrite, **target_values):
+    from edgefm.compile_job import compile_artifact, target_options
+    from edgefm.errors import EdgefmError
 
-    options = OnnxRuntimeOptions(int8_mode=int8_mode, int4_block_size=int4_block_size) \
-        if target == "onnxruntime" else None
-    return compile_artifact(Path(artifact), target, precision, Path(out), calib_dir=calib, calib_size=calib_size,
-                            prompts=calib_prompts, options=options, allow_below_gate=allow_below_gate,
-                            overwrite=overwrite, log=_log)
+    options = target_options(target, **target_values)
+    common = dict(calib_dir=calib, calib_size=calib_size, prompts=calib_prompts, options=options,
+                  overwrite=overwrite, log=_log)
+    if precision == "auto":
+        if allow_below_gate:
+            raise EdgefmError("--allow-below-gate does not combine with --precision auto, which keeps only "
+                              "precisions that pass their gates")
+        from edgefm.auto_precision import compile_auto
+
+        return compile_auto(Path(artifact), target, Path(out), objective=objective, **common)
+    return compile_artifact(Path(artifact), target, precision, Path(out), allow_below_gate=allow_below_gate,
+                            **common)
 
 
 @main.command("compile")
@@ -177,10 +192,51 @@ def inspect(artifact, as_json):
     _console(stderr=False).print(inspect_view(Path(artifact), manifest))
 
 
+def _batches(ctx, param, value: str) -> list[int]:
+    try:
+        return [int(b) for b in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of batch sizes, e.g. 1,8") from None
+
+
+@main.command()
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path())
+@click.option("--batch", "batches", default="1,8", show_default=True, callback=_batches,
+              help="Batch sizes, comma-separated.")
+@click.option("--warmup", default=5, show_default=True, help="Untimed runs per batch size.")
+@click.option("--iters", default=50, show_default=True, help="Timed runs per batch size.")
+@click.option("--threads", type=int, help="Runtime threads (default: the runtime's own choice).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the full report as JSON.")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), help="Write a markdown report.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG of latency and accuracy.")
+def bench(artifacts, batches, warmup, iters, threads, json_path, markdown_path, plot_path):
+    """Time every component of each ARTIFACT side by side: latency, throughput, load time, memory, accuracy."""
+    from rich.progress import Progress
+
+    from edgefm import bench_report
+    from edgefm.bench import run_bench
+    from edgefm.hardware import summary_lines
+    from edgefm.manifest import Manifest
+
+    jobs = sum(len(Manifest.load(Path(a), verify=False).components) for a in artifacts)
+    with Progress(console=_console(), transient=True) as progress:
+        task = progress.add_task("benchmarking", total=jobs)
+        report = run_bench([Path(a) for a in artifacts], batches, warmup, iters, threads,
+                           progress=lambda label, done: progress.update(task, description=label, completed=done))
+    _console(stderr=False, min_width=170).print(bench_report.table(report))
+    _console(stderr=False).print("\n".join(summary_lines(report["hardware"])), highlight=False)
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
+    if markdown_path:
+        Path(markdown_path).write_text(bench_report.markdown(report))
+    if plot_path:
+        bench_report.plot(report, Path(plot_path))
+
+
 @main.command()
 @click.option("-o", "--out", default="edgefm-demo", show_default=True, type=click.Path(file_okay=False))
 def demo(out):
-    """The main job, offline: tiny CLIP and DINOv2 -> ONNX -> ONNX Runtime fp32/fp16/int8/int4, validated."""
+    """The main job, offline: tiny CLIP and DINOv2 -> ONNX -> ONNX Runtime and OpenVINO fp32/fp16/int8/int4, validated."""
     from edgefm.demo import run_demo
 
     rows, latencies = run_demo(Path(out), log=_log)

@@ -13,7 +13,6 @@ from typing import Callable
 from edgefm import registry
 from edgefm.errors import ArtifactError, EdgefmError, GateError, UnknownChoiceError
 from edgefm.manifest import ComponentEntry, Manifest, sha256_file
-from edgefm.onnx_files import external_data_files
 from edgefm.spec import Precision
 from edgefm.staging import staging_dir
 from edgefm.validation import validate_component
@@ -28,6 +27,19 @@ def resolve_target(target_name: str, precision: str):
     if chosen not in target.precisions:
         raise UnknownChoiceError(f"precision for {target.name}", precision, [p.value for p in target.precisions])
     return target, chosen
+
+
+def target_options(target_name: str, **values):
+    """The target's typed options from command-line values; None means "the target's default"."""
+    target = registry.target(target_name)
+    fields = {f.name for f in dataclasses.fields(target.options_class)}
+    given = {k: v for k, v in values.items() if v is not None}
+    foreign = sorted(set(given) - fields)
+    if foreign:
+        flags = ", ".join("--" + k.replace("_", "-") for k in foreign)
+        raise EdgefmError(f"{flags} do(es) not apply to target {target.name}; its options are "
+                          f"{', '.join('--' + f.replace('_', '-') for f in sorted(fields))}")
+    return target.options_class(**given)
 
 
 def load_exported(artifact: Path) -> Manifest:
@@ -100,15 +112,15 @@ class _Context:
             log(f"{name}: {self.target.name} {self.precision.value} scheme {scheme.name}")
             request = CompileRequest(name, self.artifact / entry.file, entry, self.precision, scheme, calib_feeds,
                                      attempt_dir, work)
-            file = self.target.compile(request, self.options)
-            candidate = runtime.open_session(attempt_dir / file, entry, name)
+            compiled = self._entry(entry, scheme, self.target.compile(request, self.options), attempt_dir)
+            candidate = runtime.open_session(attempt_dir / compiled.file, compiled, name)
             validation = validate_component(name, candidate, self.reference, heldout, gates, self.recipe,
                                             self.source, self.artifact, self.data)
-            attempts.append((scheme, attempt_dir, file, validation))
+            attempts.append((scheme, attempt_dir, compiled, validation))
             log(f"{name}: {_describe(validation)} -> {'pass' if validation['passed'] else 'below gate'}")
             if validation["passed"]:
                 break
-        scheme, attempt_dir, file, validation = next(
+        scheme, attempt_dir, compiled, validation = next(
             (a for a in attempts if a[3]["passed"]), max(attempts, key=lambda a: a[3]["value"]))
         if not validation["passed"] and not allow_below_gate:
             tried = "; ".join(f"{s.name}: {_describe(v)}" for s, _, _, v in attempts)
@@ -120,12 +132,17 @@ class _Context:
                                   for s, _, _, v in attempts]
         for produced in attempt_dir.iterdir():
             shutil.move(str(produced), self.out_dir / produced.name)
-        data_files = {p: sha256_file(self.out_dir / p) for p in external_data_files(self.out_dir / file)}
         static_int8 = self.precision is Precision.INT8 and getattr(self.options, "int8_mode", "static") == "static"
         return dataclasses.replace(
-            entry, file=file, sha256=sha256_file(self.out_dir / file), runtime=self.target.runtime,
-            target=self.target.name, precision=self.precision.value, validation=validation, data_files=data_files,
-            calibration=self.data.record(len(calib_feeds)) if static_int8 else None,
+            compiled, validation=validation,
+            calibration=self.data.record(len(calib_feeds)) if static_int8 else None)
+
+    def _entry(self, entry: ComponentEntry, scheme, file: str, directory: Path) -> ComponentEntry:
+        """The manifest entry of one attempt: its files are everything the target wrote into `directory`."""
+        data_files = {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.name != file}
+        return dataclasses.replace(
+            entry, file=file, sha256=sha256_file(directory / file), runtime=self.target.runtime,
+            target=self.target.name, precision=self.precision.value, data_files=data_files,
             options={**entry.options, "compile": {"scheme": scheme.name, **scheme.params,
                                                   **dataclasses.asdict(self.options)}})
 

@@ -65,6 +65,7 @@ class Manifest:
     assets: dict[str, str] = field(default_factory=dict)  # tokenizer / preprocessor files -> sha256
     task: dict = field(default_factory=dict)  # what the runtime pipelines need (preprocessing, labels)
     parent: dict | None = None  # the artifact a compiled one was made from
+    selection: dict | None = None  # how `--precision auto` chose this precision: every candidate's figures
     edgefm_version: str = ""
     format_version: int = FORMAT_VERSION
 

@@ -59,6 +59,8 @@ def inspect_view(directory: Path, manifest: Manifest):
         head.add_row(f"[bold]{key}[/bold]", str(value))
     if manifest.parent:
         head.add_row("[bold]compiled from[/bold]", manifest.parent["path"])
+    if manifest.selection:
+        head.add_row("[bold]--precision auto[/bold]", manifest.selection["reason"])
     parts = [head, results_table([(directory, manifest)])]
     for name, entry in manifest.components.items():
         io = Table(title=f"{name}: {entry.file}", show_edge=False)

@@ -32,15 +32,28 @@ class CompileRequest:
     work_dir: Path  # scratch space shared by the attempts of one component
 
 
+def first_and_last(names: list[str]) -> list[str]:
+    """The end layers of a ViT (patch embedding, projection): the usual ones to keep in float."""
+    return sorted({names[0], names[-1]}) if names else []
+
+
 class Target:
     name: str = ""
     runtime: str = ""  # the edgefm.runtimes module that loads what this target writes
     precisions: tuple[Precision, ...] = ()
     options_class: type = object
+    requires: tuple[str, ...] = ()  # modules compiling needs (all in the `build` extra)
 
     def available(self) -> str | None:
         """None when this machine can compile for the target, else the reason it cannot."""
-        raise NotImplementedError
+        import importlib
+
+        for module in self.requires:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                return f"{exc.name} is not installed (pip install 'edgefm[build]')"
+        return None
 
     def schemes(self, precision: Precision, options) -> list[Scheme]:
         raise NotImplementedError

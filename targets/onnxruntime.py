@@ -12,7 +12,7 @@ from pathlib import Path
 
 from edgefm.errors import EdgefmError
 from edgefm.spec import Precision
-from edgefm.targets.base import CompileRequest, Scheme, Target
+from edgefm.targets.base import CompileRequest, Scheme, Target, first_and_last
 
 MATMUL_CONV = ["MatMul", "Gemm", "Conv"]
 # fp16 fallbacks: normalisation and softmax overflow or lose precision first in ViTs.
@@ -23,16 +23,16 @@ FP16_SENSITIVE_MORE = FP16_SENSITIVE + ["Gelu", "BiasGelu", "QuickGelu", "FastGe
 @dataclass(frozen=True)
 class OnnxRuntimeOptions:
     int8_mode: str = "static"  # "static" (QDQ, calibrated) or "dynamic" (activations quantized at run time)
-    int4_block_size: int = 32  # weights per quantization block for MatMulNBits (16, 32, 64, 128, ...)
+    int4_group_size: int = 32  # weights per quantization block for MatMulNBits (16, 32, 64, 128, ...)
     int4_accuracy_level: int = 4  # MatMulNBits compute type: 4 = int8 (same accuracy, faster on CPUs), 0 = fp32
     fuse: bool = True  # ONNX Runtime transformer fusions (SkipLayerNorm, BiasGelu, ...)
 
     def __post_init__(self):
         if self.int8_mode not in ("static", "dynamic"):
             raise EdgefmError(f"int8 mode {self.int8_mode!r} is not one of: static, dynamic")
-        block = self.int4_block_size
+        block = self.int4_group_size
         if block < 16 or block & (block - 1):
-            raise EdgefmError(f"int4 block size {block} must be a power of two >= 16 (e.g. 32, 64, 128)")
+            raise EdgefmError(f"int4 group size {block} must be a power of two >= 16 (e.g. 32, 64, 128)")
         if self.int4_accuracy_level not in (0, 1, 2, 3, 4):
             raise EdgefmError(f"int4 accuracy level {self.int4_accuracy_level} must be 0-4")
 
@@ -66,11 +66,10 @@ def _external(request: CompileRequest) -> bool:
 
 
 def _ends(path: Path, op_types: list[str]) -> list[str]:
-    """Names of the first and last nodes of the given types: the patch embedding and the projection."""
     import onnx
 
-    nodes = [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type in op_types]
-    return sorted({nodes[0], nodes[-1]}) if nodes else []
+    return first_and_last([n.name for n in onnx.load(str(path), load_external_data=False).graph.node
+                           if n.op_type in op_types])
 
 
 class OnnxRuntimeTarget(Target):
@@ -78,14 +77,7 @@ class OnnxRuntimeTarget(Target):
     runtime = "onnxruntime"
     precisions = (Precision.FP32, Precision.FP16, Precision.INT8, Precision.INT4)
     options_class = OnnxRuntimeOptions
-
-    def available(self) -> str | None:
-        try:
-            import onnx  # noqa: F401
-            import onnxruntime.quantization  # noqa: F401
-        except ImportError as exc:
-            return f"{exc.name} is not installed (pip install 'edgefm[build]')"
-        return None
+    requires = ("onnx", "onnxruntime.quantization")
 
     def schemes(self, precision: Precision, options: OnnxRuntimeOptions) -> list[Scheme]:
         if precision is Precision.FP32:
@@ -104,7 +96,7 @@ class OnnxRuntimeTarget(Target):
             return [Scheme("qdq-matmul-conv", {"op_types": MATMUL_CONV, "exclude_ends": False}),
                     Scheme("qdq-matmul-conv-ends-float", {"op_types": MATMUL_CONV, "exclude_ends": True}),
                     Scheme("qdq-matmul", {"op_types": ["MatMul"], "exclude_ends": True})]
-        block = options.int4_block_size
+        block = options.int4_group_size
         ladder = [Scheme(f"int4-sym-block{block}", {"symmetric": True, "block": block, "exclude_ends": False}),
                   Scheme(f"int4-asym-block{block}", {"symmetric": False, "block": block, "exclude_ends": False}),
                   Scheme(f"int4-asym-block{block}-ends-float", {"symmetric": False, "block": block, "exclude_ends": True})]

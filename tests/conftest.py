@@ -45,18 +45,18 @@ def dinov2_dynamic(work):
 
 @pytest.fixture(scope="session")
 def compiled(work, clip_exported, dinov2_exported):
-    """compiled(family, precision) -> artifact dir, built on first use."""
+    """compiled(family, precision, target="onnxruntime") -> artifact dir, built on first use."""
     from edgefm.compile_job import compile_artifact
 
     sources = {"clip": clip_exported, "dinov2": dinov2_exported}
     made = {}
 
-    def get(family: str, precision: str):
-        if (family, precision) not in made:
-            out = work / f"{family}-ort-{precision}"
-            compile_artifact(sources[family], "onnxruntime", precision, out, log=_quiet)
-            made[family, precision] = out
-        return made[family, precision]
+    def get(family: str, precision: str, target: str = "onnxruntime"):
+        if (family, precision, target) not in made:
+            out = work / f"{family}-{target}-{precision}"
+            compile_artifact(sources[family], target, precision, out, log=_quiet)
+            made[family, precision, target] = out
+        return made[family, precision, target]
 
     return get
 

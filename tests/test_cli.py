@@ -72,3 +72,20 @@ def test_allow_below_gate_sets_exit_code(tmp_path, dinov2_exported, monkeypatch)
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
     assert manifest["components"]["image_encoder"]["validation"]["allowed_below_gate"] is True
+
+
+def test_compile_flags_that_do_not_fit_are_refused(dinov2_exported, tmp_path):
+    result = _run("compile", dinov2_exported, "--precision", "auto", "--allow-below-gate", "-o", tmp_path / "a")
+    assert result.exit_code == 2 and "does not combine with --precision auto" in result.output
+    result = _run("compile", dinov2_exported, "--target", "onnxruntime", "--device", "GPU", "-o", tmp_path / "b")
+    assert result.exit_code == 2 and "--device do(es) not apply to target onnxruntime" in result.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_compile_auto_from_the_command_line(dinov2_exported, tmp_path):
+    result = _run("compile", dinov2_exported, "--precision", "auto", "--objective", "size", "-o", tmp_path / "auto")
+    assert result.exit_code == 0, result.output
+    selection = json.loads((tmp_path / "auto" / "manifest.json").read_text())["selection"]
+    sizes = {c["precision"]: c["size_mib"] for c in selection["candidates"] if c["passed"]}
+    assert selection["objective"] == "size" and sizes[selection["chosen"]] <= min(sizes.values()) * 1.03
+    assert "--precision auto" in _run("inspect", tmp_path / "auto").output

@@ -28,10 +28,12 @@ def _mirrored(photos) -> list:
     return [ImageOps.mirror(Image.open(p).convert("RGB")).rotate(7) for p in photos]
 
 
+@pytest.mark.parametrize("target", ["onnxruntime", "openvino"])
 @pytest.mark.parametrize("family", ["clip", "dinov2"])
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_precision_passes_gate_on_unseen_photos(compiled, clip_exported, dinov2_exported, photos, family, precision):
-    directory = compiled(family, precision)
+def test_precision_passes_gate_on_unseen_photos(compiled, clip_exported, dinov2_exported, photos, family, precision,
+                                                target):
+    directory = compiled(family, precision, target)
     manifest = Manifest.load(directory)
     reference_dir = {"clip": clip_exported, "dinov2": dinov2_exported}[family]
     assert manifest.stage == "compiled" and manifest.parent["path"] == str(reference_dir)
@@ -42,7 +44,7 @@ def test_precision_passes_gate_on_unseen_photos(compiled, clip_exported, dinov2_
         validation = entry.validation
         assert validation["passed"] and not validation["allowed_below_gate"]
         assert {"metric", "value", "gate", "passed"} <= set(validation)
-        assert entry.target == "onnxruntime" and entry.precision == precision
+        assert entry.target == target and entry.runtime == target and entry.precision == precision
         feeds = {"pixel_values": pixels} if name == "image_encoder" else {
             "input_ids": candidate.tokenizer(["a mirrored photo of a rocket at night", "two cats on a sofa"])}
         got, ref = candidate[name].run(feeds), reference[name].run(feeds)
@@ -70,13 +72,13 @@ def test_graphs_hold_what_the_precision_promises(compiled):
     assert Manifest.load(compiled("clip", "fp16")).components["text_encoder"].calibration is None
 
 
-def test_int8_dynamic_and_int4_block_size(clip_exported, tmp_path):
+def test_int8_dynamic_and_int4_group_size(clip_exported, tmp_path):
     manifest = compile_artifact(clip_exported, "onnxruntime", "int8", tmp_path / "dyn",
                                 options=OnnxRuntimeOptions(int8_mode="dynamic"), log=lambda m: None)
     assert manifest.components["image_encoder"].options["compile"]["int8_mode"] == "dynamic"
     assert _ops(tmp_path / "dyn" / "image_encoder.onnx")["DynamicQuantizeLinear"] > 0
     manifest = compile_artifact(clip_exported, "onnxruntime", "int4", tmp_path / "b16",
-                                options=OnnxRuntimeOptions(int4_block_size=16), log=lambda m: None)
+                                options=OnnxRuntimeOptions(int4_group_size=16), log=lambda m: None)
     block = onnx.load(str(tmp_path / "b16" / "image_encoder.onnx"))
     sizes = {a.i for n in block.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "block_size"}
     assert sizes == {16} and manifest.components["image_encoder"].validation["passed"]

@@ -73,11 +73,13 @@ def test_newer_manifest_format_is_refused(dinov2_exported, tmp_path):
         edgefm.load(copy)
 
 
-def test_runtime_imports_no_torch(compiled, photos):
+@pytest.mark.parametrize("target", ["onnxruntime", "openvino"])
+def test_runtime_imports_no_torch(compiled, photos, target):
     code = ("import sys, edgefm; a = edgefm.load(sys.argv[1]); "
             "r = a.zero_shot(sys.argv[2:], ['a cat', 'a rocket']); print(r.top1); "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch was imported'")
-    subprocess.run([sys.executable, "-c", code, str(compiled("clip", "int8")), *map(str, photos[:3])], check=True)
+    subprocess.run([sys.executable, "-c", code, str(compiled("clip", "int8", target)), *map(str, photos[:3])],
+                   check=True)
 
 
 @pytest.mark.parametrize("family,processor", [("clip", "CLIPImageProcessor"), ("dinov2", "BitImageProcessor")])

@@ -1,0 +1,46 @@
+"""OpenVINO session: runs IR compiled by the openvino target, with the compute precision it was validated in."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgefm.errors import ArtifactError
+from edgefm.manifest import ComponentEntry
+from edgefm.runtimes.session import Session
+
+
+def check_device(core, device: str, where: str = "") -> None:
+    seen = core.available_devices
+    if device != "AUTO" and device.split(".")[0] not in {d.split(".")[0] for d in seen}:
+        raise ArtifactError(f"{where}OpenVINO device {device!r} is not on this machine; it sees {seen}. "
+                            "Pick one of those (--device at compile, device= in edgefm.load); CPU is always there")
+
+
+class OpenVinoSession(Session):
+    def __init__(self, path: Path, entry: ComponentEntry, name: str, device: str | None = None,
+                 threads: int | None = None):
+        import openvino as ov
+
+        super().__init__(name, entry.inputs, entry.outputs, entry.options.get("dims"))
+        made = entry.options.get("compile", {})
+        core = ov.Core()
+        self.device = device or made.get("device", "CPU")
+        check_device(core, self.device, f"{name}: ")
+        config = {"PERFORMANCE_HINT": "LATENCY"}
+        if made.get("inference_precision"):
+            config["INFERENCE_PRECISION_HINT"] = made["inference_precision"]
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        self.path = Path(path)
+        self._compiled = core.compile_model(str(path), self.device, config)
+        self._request = self._compiled.create_infer_request()
+        self._outputs = {o.name: self._compiled.output(o.name) for o in entry.outputs}
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        result = self._request.infer(feeds, share_outputs=False)
+        return {name: result[port] for name, port in self._outputs.items()}
+
+
+def open_session(path: Path, entry: ComponentEntry, name: str, **options) -> OpenVinoSession:
+    return OpenVinoSession(path, entry, name, **options)

@@ -1,0 +1,114 @@
+"""`edgefm bench` and `--precision auto`: their logic, checked against the figures they record (not timings)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edgefm import bench_report
+from edgefm.auto_precision import TIE, choose, compile_auto
+from edgefm.bench import run_bench
+from edgefm.errors import EdgefmError, GateError
+from edgefm.manifest import Manifest
+
+
+@pytest.fixture(scope="module")
+def report(compiled):
+    artifacts = [compiled("dinov2", "fp32"), compiled("dinov2", "int8", "openvino"), compiled("clip", "int8")]
+    return run_bench(artifacts, batches=[1, 2], warmup=1, iters=5, threads=1)
+
+
+def test_bench_measures_every_component_and_batch(report):
+    results = report["results"]
+    assert [(r["family"], r["component"]) for r in results] == [
+        ("dinov2", "image_encoder"), ("dinov2", "image_encoder"), ("clip", "image_encoder"), ("clip", "text_encoder")]
+    for r in results:
+        manifest = Manifest.load(r["artifact"])
+        entry = manifest.components[r["component"]]
+        assert r["accuracy"]["value"] == entry.validation["value"] and r["precision"] == entry.precision
+        assert r["size_mib"] * 2**20 == sum((Path(r["artifact"]) / f).stat().st_size for f in entry.files())
+        assert r["load_s"] > 0 and r["peak_rss_mib"] >= r["rss_over_baseline_mib"] >= 0 and r["peak_rss_mib"] > 0
+        assert [run["batch"] for run in r["runs"]] == [1, 2]
+        for run in r["runs"]:
+            assert 0 < run["median_ms"] <= run["p90_ms"] <= run["p99_ms"]
+            assert run["items_per_s"] == pytest.approx(run["batch"] * 1e3 / run["median_ms"])
+    hardware = report["hardware"]
+    assert hardware["threads_used"] == 1 and {"AVX2", "VNNI", "AMX"} <= set(hardware["isa"])
+    assert hardware["libraries"]["onnxruntime"] and hardware["libraries"]["openvino"]
+
+
+def test_ratios_are_against_the_first_artifact_of_the_same_model(report):
+    rows = bench_report.rows(report)
+    first = {(r["component"], r["batch"]): r for r in rows if r["artifact"] == report["results"][0]["artifact"]}
+    for row in rows:
+        if row["artifact"] == report["results"][0]["artifact"] or row["component"] == "text_encoder":
+            assert row["speedup_vs_first"] == 1.0 and row["size_vs_first"] == 1.0
+        elif "dinov2" in row["artifact"]:
+            base = first[row["component"], row["batch"]]
+            assert row["speedup_vs_first"] == pytest.approx(base["median_ms"] / row["median_ms"])
+            assert row["size_vs_first"] == pytest.approx(row["size_mib"] / base["size_mib"])
+        else:  # clip: its own first artifact is itself, never dinov2's image encoder
+            assert row["speedup_vs_first"] == 1.0
+
+
+def test_bench_writes_json_markdown_and_plot(compiled, tmp_path):
+    from click.testing import CliRunner
+
+    from edgefm.cli import main
+
+    result = CliRunner().invoke(main, ["bench", str(compiled("dinov2", "fp32")), str(compiled("dinov2", "int4")),
+                                       "--batch", "1", "--iters", "3", "--warmup", "0", "--json", tmp_path / "b.json",
+                                       "--markdown", tmp_path / "b.md", "--plot", tmp_path / "b.png"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert len(data["results"]) == 2 and "speed-up" in result.output
+    markdown = (tmp_path / "b.md").read_text()
+    assert "Instruction sets:" in markdown and markdown.count("| image_encoder |") == 2
+    assert (tmp_path / "b.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_refuses_bad_settings(compiled):
+    from click.testing import CliRunner
+
+    from edgefm.cli import main
+
+    assert "not a comma-separated list" in CliRunner().invoke(main, ["bench", str(compiled("dinov2", "fp32")),
+                                                                     "--batch", "1,x"]).output
+    with pytest.raises(EdgefmError, match="need --iters >= 1"):
+        run_bench([compiled("dinov2", "fp32")], batches=[1], warmup=0, iters=0, threads=None)
+
+
+def _candidate(precision, latency, size, passed=True):
+    return {"precision": precision, "passed": passed, "latency_ms": latency, "size_mib": size, "reason": "gate"}
+
+
+def test_choose_keeps_the_best_passing_candidate():
+    candidates = [_candidate("fp32", 10.0, 100), _candidate("fp16", 11.0, 50), _candidate("int8", 4.0, 25),
+                  _candidate("int4", 1.0, 10, passed=False)]
+    chosen, reason = choose(candidates, "latency")
+    assert chosen["precision"] == "int8" and "lowest batch-1 latency" in reason and "fp32 10.00" in reason
+    assert choose(candidates, "size")[0]["precision"] == "int8"  # int4 is smaller but failed its gate
+    # int8 slower than fp32 (a CPU without int8 dot products): fp32 wins on latency
+    slow_int8 = [_candidate("fp32", 10.0, 100), _candidate("int8", 14.0, 25)]
+    assert choose(slow_int8, "latency")[0]["precision"] == "fp32"
+    # within the noise band the more precise candidate wins
+    tie = [_candidate("fp32", 10.0 * (1 + TIE / 2), 100), _candidate("int8", 10.0, 25)]
+    chosen, reason = choose(tie, "latency")
+    assert chosen["precision"] == "fp32" and "most precise" in reason
+    with pytest.raises(GateError, match="no precision passes"):
+        choose([_candidate("int4", 1.0, 10, passed=False)], "latency")
+
+
+def test_auto_compiles_measures_and_records_every_candidate(dinov2_exported, tmp_path):
+    manifest = compile_auto(dinov2_exported, "openvino", tmp_path / "auto", objective="size", iters=5,
+                            log=lambda m: None)
+    selection = manifest.selection
+    assert [c["precision"] for c in selection["candidates"]] == ["fp32", "fp16", "int8", "int4"]
+    assert all(c["passed"] and c["latency_ms"] > 0 for c in selection["candidates"])
+    chosen, reason = choose(selection["candidates"], "size")
+    assert selection["chosen"] == chosen["precision"] == manifest.components["image_encoder"].precision
+    assert selection["reason"] == reason and selection["objective"] == "size"
+    assert sorted(p.name for p in (tmp_path / "auto").iterdir()) == [
+        "image_encoder.bin", "image_encoder.xml", "manifest.json", "preprocessor_config.json"]
+    assert Manifest.load(tmp_path / "auto").selection == selection

@@ -1,0 +1,89 @@
+"""OpenVINO artifacts: IR files in the manifest, the compute precision they were validated in, same task API."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+import edgefm
+from edgefm.compile_job import compile_artifact, target_options
+from edgefm.errors import ArtifactError, EdgefmError
+from edgefm.manifest import Manifest
+from edgefm.targets.openvino import OpenVinoOptions
+
+
+def _quiet(_message):
+    pass
+
+
+def test_ir_files_are_listed_and_verified(compiled, tmp_path):
+    directory = tmp_path / "copy"
+    shutil.copytree(compiled("dinov2", "int8", "openvino"), directory)
+    entry = Manifest.load(directory).components["image_encoder"]
+    assert entry.file == "image_encoder.xml" and list(entry.data_files) == ["image_encoder.bin"]
+    assert entry.calibration["count"] > 0 and entry.options["compile"]["device"] == "CPU"
+    (directory / "image_encoder.bin").write_bytes((directory / "image_encoder.bin").read_bytes()[:-4])
+    with pytest.raises(ArtifactError, match="image_encoder.bin does not match the sha256"):
+        edgefm.load(directory)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8", "int4"])
+def test_sessions_compute_in_the_recorded_precision(compiled, precision):
+    # OpenVINO's CPU plugin computes in bf16 by default on CPUs that have it; an fp32 artifact must not.
+    entry = Manifest.load(compiled("clip", precision, "openvino")).components["image_encoder"]
+    assert entry.options["compile"]["inference_precision"] == "f32"
+    session = edgefm.load(compiled("clip", precision, "openvino"))["image_encoder"]
+    assert session._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == "f32"
+
+
+def test_fp16_records_the_scheme_that_passed(compiled):
+    validation = Manifest.load(compiled("dinov2", "fp16", "openvino")).components["image_encoder"].validation
+    passed = [a["scheme"] for a in validation["attempts"] if a["passed"]]
+    assert len(passed) == 1 and passed[0].startswith("fp16-weights-")
+
+
+def test_task_helpers_match_onnxruntime(compiled, photos):
+    labels = ["a cat", "a rocket", "a coffee cup"]
+    ov, ort = edgefm.load(compiled("clip", "fp32", "openvino")), edgefm.load(compiled("clip", "fp32"))
+    np.testing.assert_allclose(ov.zero_shot(photos[:4], labels).probs, ort.zero_shot(photos[:4], labels).probs,
+                               atol=1e-4)
+    ov, ort = edgefm.load(compiled("dinov2", "fp32", "openvino")), edgefm.load(compiled("dinov2", "fp32"))
+    np.testing.assert_allclose(ov.embed(photos[:3]), ort.embed(photos[:3]), atol=1e-4)
+
+
+def test_validate_reruns_the_gates(compiled):
+    from edgefm.validate_job import validate
+
+    manifest = validate(compiled("clip", "int8", "openvino"), log=_quiet)
+    assert all(e.validation["passed"] and e.validation["reference"] == "fp32 export (ONNX Runtime)"
+               for e in manifest.components.values())
+
+
+def test_dynamic_resolution(dinov2_dynamic, tmp_path, photos):
+    compile_artifact(dinov2_dynamic, "openvino", "int8", tmp_path / "ov", log=_quiet)
+    ov, reference = edgefm.load(tmp_path / "ov"), edgefm.load(dinov2_dynamic)
+    for size in [(224, 224), (280, 336)]:
+        got, ref = ov.patch_features(photos[:1], size=size), reference.patch_features(photos[:1], size=size)
+        assert got.shape == ref.shape == (1, size[0] // 14, size[1] // 14, 64)
+        cos = (got * ref).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(ref, axis=-1)
+        assert cos.mean() >= 0.98
+
+
+def test_devices_the_machine_lacks_are_refused(dinov2_exported, compiled, tmp_path):
+    with pytest.raises(EdgefmError, match=r"OpenVINO device 'NOSUCH' is not on this machine; it sees \['CPU'"):
+        compile_artifact(dinov2_exported, "openvino", "fp32", tmp_path / "a", options=OpenVinoOptions(device="NOSUCH"),
+                         log=_quiet)
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(ArtifactError, match="device 'NOSUCH' is not on this machine"):
+        edgefm.load(compiled("dinov2", "fp32", "openvino"), device="NOSUCH")
+
+
+def test_options_are_checked_per_target():
+    assert target_options("openvino", int4_group_size=64, device=None) == OpenVinoOptions(int4_group_size=64)
+    with pytest.raises(EdgefmError, match="--device do.* not apply to target onnxruntime"):
+        target_options("onnxruntime", device="CPU")
+    with pytest.raises(EdgefmError, match="int4 ratio 1.5 must be in"):
+        target_options("openvino", int4_ratio=1.5)
+    with pytest.raises(EdgefmError, match="power of two"):
+        target_options("openvino", int4_group_size=48)
