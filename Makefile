@@ -5,6 +5,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+BENCH_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgefm-installed
 
@@ -16,7 +17,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_peers.py
+	TORCH="$(TORCH)" $(BIN)/python benchmarks/bench_peers.py $(BENCH_ARGS)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
