@@ -40,13 +40,13 @@ def write_markdown(path: Path, report: dict) -> None:
     for r in report["rows"]:
         head = f"| {r['family']} {r['variant']} | {r['component']} | {r['engine']} | {r['batch']} |"
         if "error" in r:
-            lines.append(f"{head} failed: {r['error']} ||||||||")
+            lines.append(f"{head} failed: {r['error']} |" + " |" * 8)
             continue
         ratio = lambda peer: (f"{peers[key] / r['median_ms']:.2f}x"  # noqa: E731
                               if (key := (r["family"], r["component"], r["batch"], peer)) in peers else "-")
         lines.append(f"{head} {r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['items_per_s']:.1f} | "
                      f"{ratio('torch-eager')} | {ratio('optimum-ort')} | {r['peak_rss_mib']:.0f} | "
-                     f"{r['size_mib']:.1f} | {r['cosine']:.5f} | {_gate(report, r)} |")
+                     f"{r['size_mib']:.1f} | {r.get('cosine', float('nan')):.5f} | {_gate(report, r)} |")
     lines += ["", "## Builds", "", f"optimum-onnx export: {optimum['export_s']:.0f} s (both models)" if optimum else "",
               "", "| model | export s | engine | compile s |", "|---|---|---|---|"]
     for b in report["builds"]:
@@ -79,7 +79,8 @@ def plot(path: Path, rows: list, batches: list) -> None:
         cos = value(engine, batches[0], "cosine")
         ax.bar(offsets(i), [cos.get(g, 0) for g in groups], width, label=engine)
     cosines = [r["cosine"] for r in rows if "cosine" in r]
-    ax.set_ylim(min(cosines) - 0.005, 1.0005)
+    if cosines:
+        ax.set_ylim(min(cosines) - 0.005, 1.0005)
     ax.set_xticks(np.arange(len(groups)), groups, fontsize=8)
     ax.set_title("cosine vs torch eager (higher is better)", fontsize=10)
     axes[0][0].legend(fontsize=7, ncol=2)

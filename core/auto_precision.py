@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from edgefm.errors import GateError
+from edgefm.errors import EdgefmError, GateError
 from edgefm.manifest import Manifest
 
 # Within this share of the best figure two candidates are a tie (timing noise); the more precise one wins.
@@ -48,11 +48,15 @@ def _measure(directory: Path, iters: int) -> tuple[float, float]:
 
 def compile_auto(artifact: Path, target_name: str, out: Path, objective: str = "latency", iters: int = 30,
                  overwrite: bool = False, log: Callable[[str], None] = print, **compile_kwargs) -> Manifest:
-    from edgefm.compile_job import compile_artifact, resolve_target
+    from edgefm import registry
+    from edgefm.compile_job import compile_artifact
     from edgefm.hardware import describe
     from edgefm.staging import staging_dir
 
-    target, _ = resolve_target(target_name, "fp32")
+    target = registry.target(target_name)
+    reason = target.available()
+    if reason:
+        raise EdgefmError(f"target {target.name} cannot compile on this machine: {reason}")
     with staging_dir(Path(out), overwrite) as tmp:
         candidates = []
         for precision in target.precisions:
@@ -62,6 +66,11 @@ def compile_auto(artifact: Path, target_name: str, out: Path, objective: str = "
                 compile_artifact(artifact, target_name, precision.value, where, log=log, **compile_kwargs)
             except GateError as exc:
                 candidates.append({"precision": precision.value, "passed": False, "reason": str(exc)})
+                continue
+            except Exception as exc:  # one precision failing to build must not discard the others
+                log(f"auto: {precision.value} failed to compile: {exc!r}")
+                candidates.append({"precision": precision.value, "passed": False,
+                                   "reason": f"compile failed: {exc!r}"})
                 continue
             latency, size = _measure(where, iters)
             log(f"auto: {precision.value} passes its gates; {latency:.2f} ms (batch 1, all components), {size:.2f} MiB")

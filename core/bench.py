@@ -1,6 +1,6 @@
 """`edgefm bench`: latency percentiles, throughput, load time and peak memory per component.
 
-Each (artifact, component) runs in a fresh Python process, so peak RSS belongs to that component
+Each (artifact, component, batch size) runs in a fresh Python process, so peak RSS belongs to that row
 alone and one artifact's threads or caches cannot warm up the next one.
 """
 from __future__ import annotations
@@ -69,34 +69,29 @@ def peak_rss_mib() -> float | None:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # bytes on macOS
 
 
-def has_batch_axis(session) -> bool:
-    return all("batch" in spec.shape for spec in session.inputs)
+def has_batch_axis(inputs) -> bool:
+    return all("batch" in spec.shape for spec in inputs)
 
 
-def bench_component(directory: Path, component: str, batches: list[int], warmup: int, iters: int,
+def bench_component(directory: Path, component: str, batch: int, warmup: int, iters: int,
                     threads: int | None) -> dict:
-    """Load one component and time it at each batch size (run inside the worker process)."""
+    """Load one component and time it at one batch size (runs inside the worker process)."""
     from edgefm.hardware import gpu_memory_mib
     from edgefm.manifest import Manifest
 
-    manifest = Manifest.load(directory)
+    manifest = Manifest.load(directory, verify=False)  # the parent verified every file before any timing
     entry = manifest.components[component]
     runtime = importlib.import_module(f"edgefm.runtimes.{entry.runtime}")
-    baseline = peak_rss_mib()
     start = time.perf_counter()
     session = runtime.open_session(directory / entry.file, entry, component, **({"threads": threads} if threads else {}))
     load_s = time.perf_counter() - start
-    rng = np.random.default_rng(0)
-    sizes = batches if has_batch_axis(session) else [1]
-    runs = [measure(session, batch, warmup, iters, rng) for batch in sizes]
-    peak = peak_rss_mib()
+    timing = measure(session, batch, warmup, iters, np.random.default_rng(0))
     return {"artifact": str(directory), "family": manifest.family, "variant": manifest.variant,
-            "component": component, "target": entry.target or "export", "runtime": entry.runtime,
-            "precision": entry.precision, "selection": (manifest.selection or {}).get("reason"),
+            "component": component, "target": entry.target or "export", "device": getattr(session, "device", "CPU"),
+            "runtime": entry.runtime, "precision": entry.precision,
             "size_mib": sum((directory / f).stat().st_size for f in entry.files()) / 2**20,
-            "accuracy": _accuracy(entry.validation), "load_s": load_s, "peak_rss_mib": peak,
-            "rss_over_baseline_mib": peak - baseline if peak is not None else None,
-            "gpu_memory_mib": gpu_memory_mib(os.getpid()), "runs": runs}
+            "accuracy": _accuracy(entry.validation), "load_s": load_s, "peak_rss_mib": peak_rss_mib(),
+            "gpu_memory_mib": gpu_memory_mib(os.getpid()), **timing}
 
 
 def _accuracy(validation: dict | None) -> dict | None:
@@ -107,26 +102,43 @@ def _accuracy(validation: dict | None) -> dict | None:
 
 def run_bench(artifacts: list[Path], batches: list[int], warmup: int, iters: int, threads: int | None,
               progress=None) -> dict:
-    """Benchmark every component of every artifact, each in its own process; `progress(label, done)` per job."""
+    """Time every (artifact, component, batch size), each in its own process; `progress(label, done, total)`.
+
+    A component without a batch axis runs at batch 1 only (listed under "skipped" for the others);
+    a job that fails is listed under "errors" and the others go on.
+    """
     from edgefm.hardware import describe
     from edgefm.manifest import Manifest
 
     if warmup < 0 or iters < 1 or not batches or min(batches) < 1:
         raise EdgefmError(f"need --iters >= 1, --warmup >= 0 and batch sizes >= 1 (got iters {iters}, "
                           f"warmup {warmup}, batches {batches})")
-    manifests = {Path(a): Manifest.load(Path(a)) for a in artifacts}  # verify everything before timing anything
-    jobs = [(directory, name) for directory, m in manifests.items() for name in m.components]
-    results = []
-    for done, (directory, component) in enumerate(jobs):
+    manifests = {Path(a).resolve(): Manifest.load(Path(a)) for a in artifacts}  # verify before timing anything
+    jobs, skipped = [], []
+    for directory, manifest in manifests.items():
+        for name, entry in manifest.components.items():
+            for batch in batches:
+                if batch == 1 or has_batch_axis(entry.inputs):
+                    jobs.append((directory, name, batch))
+                else:
+                    skipped.append(f"{directory.name} {name} batch {batch}: the graph has a fixed batch size")
+    results, errors = [], []
+    for done, (directory, component, batch) in enumerate(jobs):
         if progress:
-            progress(f"{directory.name} {component}", done)
-        results.append(_in_fresh_process(dict(directory=str(directory.resolve()), component=component,
-                                              batches=batches, warmup=warmup, iters=iters, threads=threads)))
+            progress(f"{directory.name} {component} batch {batch}", done, len(jobs))
+        job = dict(directory=str(directory), component=component, batch=batch, warmup=warmup, iters=iters,
+                   threads=threads)
+        try:
+            results.append(_in_fresh_process(job))
+        except EdgefmError as exc:
+            errors.append(str(exc))
+    if progress:
+        progress("done", len(jobs), len(jobs))
     runtimes = [e.runtime for m in manifests.values() for e in m.components.values()]
     return {"hardware": describe(threads, runtimes),
             "settings": {"batches": batches, "warmup": warmup, "iters": iters, "threads": threads,
                          "inputs": "random feeds at the manifest's default sizes"},
-            "results": results}
+            "results": results, "skipped": skipped, "errors": errors}
 
 
 def _in_fresh_process(job: dict) -> dict:
@@ -135,7 +147,8 @@ def _in_fresh_process(job: dict) -> dict:
         done = subprocess.run([sys.executable, "-m", "edgefm.bench", json.dumps(job), str(result_path)],
                               capture_output=True, text=True)
         if done.returncode != 0:
-            raise EdgefmError(f"benchmarking {job['directory']} {job['component']} failed:\n{done.stderr[-2000:]}")
+            last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+            raise EdgefmError(f"{job['directory']} {job['component']} batch {job['batch']} failed: {last}")
         return json.loads(result_path.read_text())
 
 

@@ -16,36 +16,40 @@ def _fmt(value, digits: int = 2) -> str:
 
 
 def rows(report: dict) -> list[dict]:
-    """Flat rows, one per (artifact, component, batch), with ratios against the same model's component and
-    batch size in the first artifact that has it (speed-up = its median / this median, above 1 is faster;
-    size ratio = this size / its size).
+    """The results with ratios against the first artifact that has the same model's component:
+    speed-up = its median / this median at the same batch size (above 1 is faster; "-" when the first
+    artifact has no row at that batch size), size ratio = this size / its size.
     """
-    results = report["results"]
-    baseline = {}
-    for r in results:
-        for run in r["runs"]:
-            baseline.setdefault((r["family"], r["variant"], r["component"], run["batch"]), (run["median_ms"], r["size_mib"]))
+    model = lambda r: (r["family"], r["variant"], r["component"])  # noqa: E731
+    speed, size = {}, {}
+    for r in report["results"]:
+        first = size.setdefault(model(r), (r["artifact"], r["size_mib"]))[0]
+        if r["artifact"] == first:
+            speed[(*model(r), r["batch"])] = r["median_ms"]
     flat = []
-    for r in results:
-        for run in r["runs"]:
-            base = baseline[(r["family"], r["variant"], r["component"], run["batch"])]
-            accuracy = r["accuracy"]
-            flat.append({**{k: r[k] for k in ("artifact", "component", "target", "precision", "load_s",
-                                               "peak_rss_mib", "gpu_memory_mib", "size_mib")},
-                         **run, "speedup_vs_first": base[0] / run["median_ms"],
-                         "size_vs_first": r["size_mib"] / base[1],
-                         "accuracy": f"{SHORT_METRIC.get(accuracy['metric'], accuracy['metric'])} {accuracy['value']:.4f}"
-                                     f"{'' if accuracy['passed'] else ' (below gate)'}" if accuracy else "-"})
+    for r in report["results"]:
+        base = speed.get((*model(r), r["batch"]))
+        accuracy = r["accuracy"]
+        flat.append({**r, "speedup_vs_first": base / r["median_ms"] if base else None,
+                     "size_vs_first": r["size_mib"] / size[model(r)][1],
+                     "accuracy_text": f"{SHORT_METRIC.get(accuracy['metric'], accuracy['metric'])} "
+                                      f"{accuracy['value']:.4f}{'' if accuracy['passed'] else ' (below gate)'}"
+                                      if accuracy else "-"})
     return flat
 
 
 def _cells(row: dict) -> list[str]:
-    return [Path(row["artifact"]).name, row["component"], row["target"], row["precision"], str(row["batch"]),
+    target = row["target"] + (f" ({row['device']})" if row["device"] != "CPU" else "")
+    memory = _fmt(row["peak_rss_mib"], 0) + (f" (+{row['gpu_memory_mib']:.0f} GPU)" if row["gpu_memory_mib"] else "")
+    speedup = f"{row['speedup_vs_first']:.2f}x" if row["speedup_vs_first"] else "-"
+    return [Path(row["artifact"]).name, row["component"], target, row["precision"], str(row["batch"]),
             _fmt(row["median_ms"]), _fmt(row["p90_ms"]), _fmt(row["p99_ms"]), _fmt(row["items_per_s"], 1),
-            f"{row['speedup_vs_first']:.2f}x", _fmt(row["load_s"]),
-            _fmt(row["peak_rss_mib"], 0) + (f" (+{row['gpu_memory_mib']:.0f} GPU)" if row["gpu_memory_mib"] else ""),
-            _fmt(row["size_mib"]), f"{row['size_vs_first']:.2f}x",
-            row["accuracy"]]
+            speedup, _fmt(row["load_s"]), memory, _fmt(row["size_mib"]), f"{row['size_vs_first']:.2f}x",
+            row["accuracy_text"]]
+
+
+def notes(report: dict) -> list[str]:
+    return ([f"skipped: {s}" for s in report["skipped"]] + [f"failed: {e}" for e in report["errors"]])
 
 
 def table(report: dict):
@@ -53,7 +57,8 @@ def table(report: dict):
 
     result = Table(title="edgefm bench (speed-up and size ratio against the first artifact of the same model)")
     for column in COLUMNS:
-        result.add_column(column, overflow="fold", no_wrap=column in ("artifact", "component", "target", "precision", "accuracy"))
+        result.add_column(column, overflow="fold", no_wrap=column in ("artifact", "component", "target", "precision",
+                                                                      "accuracy"))
     for row in rows(report):
         result.add_row(*_cells(row))
     return result
@@ -62,43 +67,45 @@ def table(report: dict):
 def markdown(report: dict) -> str:
     settings = report["settings"]
     lines = ["# edgefm bench", "", *summary_lines(report["hardware"]),
-             f"- {settings['iters']} timed runs after {settings['warmup']} warm-up runs per batch size; "
-             f"inputs: {settings['inputs']}; each component in a fresh process (peak RSS is that process's)",
+             f"- {settings['iters']} timed runs after {settings['warmup']} warm-up runs; inputs: {settings['inputs']}; "
+             "each (artifact, component, batch) in a fresh process (peak RSS is that process's)",
              "- speed-up = median of the first artifact of the same model / this median (above 1 is faster); "
              "size ratio likewise; accuracy is the manifest's validation figure against its reference", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cells(row)) + " |" for row in rows(report)]
+    lines += [""] + [f"- {note}" for note in notes(report)]
     return "\n".join(lines) + "\n"
 
 
 def plot(report: dict, path: Path) -> None:
-    """Batch-1 latency and accuracy per artifact, one bar group per component."""
+    """Latency at the first batch size and accuracy per artifact, one bar group per model component."""
     try:
         import matplotlib
     except ImportError:
-        raise EdgefmError("--plot needs matplotlib: pip install matplotlib") from None
+        raise EdgefmError("--plot needs matplotlib: pip install 'edgefm[bench]'") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = report["results"]
-    artifacts = list(dict.fromkeys(r["artifact"] for r in results))
+    batch = report["settings"]["batches"][0]
+    results = [r for r in report["results"] if r["batch"] == batch]
+    if not results:
+        raise EdgefmError(f"nothing ran at batch {batch}, so there is nothing to plot")
     label = lambda r: f"{r['family']} {r['component']}"  # noqa: E731
-    components = list(dict.fromkeys(label(r) for r in results))
+    artifacts = list(dict.fromkeys(r["artifact"] for r in results))
+    groups = list(dict.fromkeys(label(r) for r in results))
     fig, (ax_latency, ax_accuracy) = plt.subplots(1, 2, figsize=(13, 4.5))
     width = 0.8 / len(artifacts)
     for i, artifact in enumerate(artifacts):
-        by_component = {label(r): r for r in results if r["artifact"] == artifact}
-        xs = [c + i * width for c in range(len(components))]
-        latency = [by_component[c]["runs"][0]["median_ms"] if c in by_component else 0 for c in components]
-        accuracy = [(by_component[c]["accuracy"] or {}).get("value", 0) if c in by_component else 0
-                    for c in components]
-        ax_latency.bar(xs, latency, width, label=Path(artifact).name)
-        ax_accuracy.bar(xs, accuracy, width, label=Path(artifact).name)
-    for ax, title in ((ax_latency, f"median latency, batch {results[0]['runs'][0]['batch']} (ms, lower is better)"),
+        found = {label(r): r for r in results if r["artifact"] == artifact}
+        xs = [g + i * width for g, name in enumerate(groups) if name in found]
+        ax_latency.bar(xs, [found[n]["median_ms"] for n in groups if n in found], width, label=Path(artifact).name)
+        ax_accuracy.bar(xs, [(found[n]["accuracy"] or {}).get("value", 0) for n in groups if n in found], width,
+                        label=Path(artifact).name)
+    for ax, title in ((ax_latency, f"median latency, batch {batch} (ms, lower is better)"),
                       (ax_accuracy, "accuracy vs reference (manifest figure, higher is better)")):
-        ax.set_xticks([c + 0.4 - width / 2 for c in range(len(components))], components)
+        ax.set_xticks([g + 0.4 - width / 2 for g in range(len(groups))], groups)
         ax.set_title(title, fontsize=10)
-    values = [(r["accuracy"] or {}).get("value") for r in results if r["accuracy"]]
+    values = [r["accuracy"]["value"] for r in results if r["accuracy"]]
     if values:
         ax_accuracy.set_ylim(max(0.0, min(values) - 0.01), 1.0005)
     ax_latency.legend(fontsize=8)

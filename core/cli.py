@@ -96,8 +96,8 @@ def _compile_options(f):
                      help="Deployment target: onnxruntime or openvino.")(f)
     f = click.option("--precision", default="fp32", show_default=True,
                      help="fp32, fp16, int8, int4, or auto (compile each, keep the best that passes its gate).")(f)
-    f = click.option("--objective", type=click.Choice(["latency", "size"]), default="latency", show_default=True,
-                     help="What --precision auto optimizes, measured on this machine.")(f)
+    f = click.option("--objective", type=click.Choice(["latency", "size"]),
+                     help="What --precision auto optimizes, measured on this machine (default latency).")(f)
     f = click.option("--calib", type=click.Path(), help="Folder of your own images for calibration/validation.")(f)
     f = click.option("--calib-size", type=int, help="Calibration images (and prompts) to use.")(f)
     f = click.option("--calib-prompts", type=click.Path(dir_okay=False),
@@ -113,23 +113,40 @@ def _compile_options(f):
     return f
 
 
-def _compile(artifact, out, target, precision, objective, calib, calib_size, calib_prompts, allow_below_gate,
-             overwrite, **target_values):
-    from edgefm.compile_job import compile_artifact, target_options
+def _compile_settings(target, precision, objective, allow_below_gate, **target_values):
+    """Check the compile flags before any work starts; returns the target's typed options."""
+    from edgefm.compile_job import target_options
     from edgefm.errors import EdgefmError
 
-    options = target_options(target, **target_values)
+    if precision == "auto" and allow_below_gate:
+        raise EdgefmError("--allow-below-gate does not combine with --precision auto, which keeps only "
+                          "precisions that pass their gates")
+    if precision != "auto" and objective:
+        raise EdgefmError(f"--objective applies to --precision auto only (got --precision {precision})")
+    return target_options(target, **target_values)
+
+
+def _compile(artifact, out, options, target, precision, objective, calib, calib_size, calib_prompts,
+             allow_below_gate, overwrite):
+    from edgefm.compile_job import compile_artifact
+
     common = dict(calib_dir=calib, calib_size=calib_size, prompts=calib_prompts, options=options,
                   overwrite=overwrite, log=_log)
     if precision == "auto":
-        if allow_below_gate:
-            raise EdgefmError("--allow-below-gate does not combine with --precision auto, which keeps only "
-                              "precisions that pass their gates")
         from edgefm.auto_precision import compile_auto
 
-        return compile_auto(Path(artifact), target, Path(out), objective=objective, **common)
+        return compile_auto(Path(artifact), target, Path(out), objective=objective or "latency", **common)
     return compile_artifact(Path(artifact), target, precision, Path(out), allow_below_gate=allow_below_gate,
                             **common)
+
+
+TARGET_FLAGS = ("int8_mode", "int4_group_size", "int4_ratio", "device")
+
+
+def _split_flags(kwargs: dict) -> tuple[dict, dict]:
+    """(flags every target shares, flags that map onto the chosen target's options)."""
+    return ({k: v for k, v in kwargs.items() if k not in TARGET_FLAGS},
+            {k: v for k, v in kwargs.items() if k in TARGET_FLAGS})
 
 
 @main.command("compile")
@@ -139,8 +156,10 @@ def _compile(artifact, out, target, precision, objective, calib, calib_size, cal
 @click.option("--overwrite", is_flag=True)
 def compile_cmd(artifact, out, **kwargs):
     """Compile an exported ARTIFACT for a target and precision, validated against the fp32 export."""
-    overwrite = kwargs.pop("overwrite")
-    manifest = _compile(artifact, out, overwrite=overwrite, **kwargs)
+    common, target_values = _split_flags(kwargs)
+    options = _compile_settings(common["target"], common["precision"], common["objective"],
+                                common["allow_below_gate"], **target_values)
+    manifest = _compile(artifact, out, options, **common)
     _print_table([(out, manifest)])
     _exit_on_gate(manifest)
 
@@ -155,10 +174,13 @@ def compile_cmd(artifact, out, **kwargs):
 def build(family, model, variant, random_weights, resolution, dynamic_resolution, out, overwrite, **kwargs):
     """Export FAMILY and compile it in one go."""
     out = Path(out)
+    common, target_values = _split_flags(kwargs)
+    options = _compile_settings(common["target"], common["precision"], common["objective"],
+                                common["allow_below_gate"], **target_values)
     exported = _export(family, model, variant, random_weights, resolution, dynamic_resolution, out / "exported",
                        overwrite)
-    compiled_dir = out / f"{kwargs['target']}-{kwargs['precision']}"
-    compiled = _compile(out / "exported", compiled_dir, overwrite=overwrite, **kwargs)
+    compiled_dir = out / f"{common['target']}-{common['precision']}"
+    compiled = _compile(out / "exported", compiled_dir, options, overwrite=overwrite, **common)
     _print_table([(out / "exported", exported), (compiled_dir, compiled)])
     _exit_on_gate(compiled)
 
@@ -216,21 +238,23 @@ def bench(artifacts, batches, warmup, iters, threads, json_path, markdown_path, 
     from edgefm import bench_report
     from edgefm.bench import run_bench
     from edgefm.hardware import summary_lines
-    from edgefm.manifest import Manifest
 
-    jobs = sum(len(Manifest.load(Path(a), verify=False).components) for a in artifacts)
     with Progress(console=_console(), transient=True) as progress:
-        task = progress.add_task("benchmarking", total=jobs)
+        task = progress.add_task("benchmarking")
         report = run_bench([Path(a) for a in artifacts], batches, warmup, iters, threads,
-                           progress=lambda label, done: progress.update(task, description=label, completed=done))
+                           progress=lambda label, done, total: progress.update(task, description=label,
+                                                                               completed=done, total=total))
     _console(stderr=False, min_width=170).print(bench_report.table(report))
-    _console(stderr=False).print("\n".join(summary_lines(report["hardware"])), highlight=False)
+    _console(stderr=False).print("\n".join(summary_lines(report["hardware"]) + bench_report.notes(report)),
+                                 highlight=False)
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=2) + "\n")
     if markdown_path:
         Path(markdown_path).write_text(bench_report.markdown(report))
     if plot_path:
         bench_report.plot(report, Path(plot_path))
+    if report["errors"]:
+        sys.exit(1)
 
 
 @main.command()

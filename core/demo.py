@@ -18,6 +18,7 @@ def run_demo(out: Path, log: Callable[[str], None] = print):
     for family, variant in DEMO_MODELS:
         exported = out / family / "exported"
         rows.append((exported, export(family, exported, variant=variant, overwrite=True, log=log)))
+        latencies.update(artifact_latencies(exported))
         for target in DEMO_TARGETS:
             for precision in DEMO_PRECISIONS:
                 compiled = out / family / f"{target}-{precision}"

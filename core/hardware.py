@@ -12,8 +12,7 @@ ISA_FLAGS = {"AVX2": {"avx2"}, "AVX-512": {"avx512f"}, "VNNI": {"avx512_vnni", "
              "AVX512-BF16": {"avx512_bf16"}, "AMX": {"amx_tile", "amx_int8", "amx_bf16"},
              "NEON": {"asimd", "neon"}}
 # Distributions behind each edgefm runtime module (first one installed wins).
-RUNTIME_PACKAGES = {"onnxruntime": ["onnxruntime", "onnxruntime-gpu"], "openvino": ["openvino"],
-                    "tensorrt": ["tensorrt"], "coreml": ["coremltools"]}
+RUNTIME_PACKAGES = {"onnxruntime": ["onnxruntime", "onnxruntime-gpu"], "openvino": ["openvino"]}
 
 
 def package_version(*names: str) -> str | None:
@@ -45,18 +44,16 @@ def gpus() -> list[dict]:
         import pynvml
 
         pynvml.nvmlInit()
-    except Exception:  # no NVML library, no driver, or no GPU: report none
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        return [{"name": pynvml.nvmlDeviceGetName(h), "driver": pynvml.nvmlSystemGetDriverVersion(),
+                 "memory_mib": pynvml.nvmlDeviceGetMemoryInfo(h).total / 2**20} for h in handles]
+    except Exception:  # no NVML library, no driver, no GPU, or a query NVML refuses: report none
         return []
-    found = []
-    for index in range(pynvml.nvmlDeviceGetCount()):
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        found.append({"name": pynvml.nvmlDeviceGetName(handle), "driver": pynvml.nvmlSystemGetDriverVersion(),
-                      "memory_mib": pynvml.nvmlDeviceGetMemoryInfo(handle).total / 2**20})
-    return found
 
 
 def gpu_memory_mib(pid: int) -> float | None:
-    """Device memory the process `pid` holds on NVIDIA GPUs (None without NVML or when it holds none)."""
+    """Device memory the process `pid` holds on NVIDIA GPUs (None without NVML or when it holds none;
+    inside containers NVML may list host pids, which then do not match)."""
     try:
         import pynvml
 

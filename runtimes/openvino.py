@@ -20,8 +20,11 @@ def check_device(core, device: str, where: str = "") -> None:
 class OpenVinoSession(Session):
     def __init__(self, path: Path, entry: ComponentEntry, name: str, device: str | None = None,
                  threads: int | None = None):
-        import openvino as ov
-
+        try:
+            import openvino as ov
+        except ImportError:
+            raise ArtifactError(f"{name}: this artifact runs on OpenVINO, which is not installed; "
+                                "pip install 'edgefm[openvino]'") from None
         super().__init__(name, entry.inputs, entry.outputs, entry.options.get("dims"))
         made = entry.options.get("compile", {})
         core = ov.Core()
@@ -32,7 +35,6 @@ class OpenVinoSession(Session):
             config["INFERENCE_PRECISION_HINT"] = made["inference_precision"]
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
-        self.path = Path(path)
         self._compiled = core.compile_model(str(path), self.device, config)
         self._request = self._compiled.create_infer_request()
         self._outputs = {o.name: self._compiled.output(o.name) for o in entry.outputs}
