@@ -91,15 +91,20 @@ def _reference(model, pixel_values, hw, points=None, labels=None, box=None, mask
     with torch.no_grad():
         out = model(pixel_values=torch.from_numpy(pixel_values), multimask_output=multimask, **kwargs)
     logits = out.pred_masks[0, 0]
-    full = F.interpolate(logits[None], size=hw, mode="bilinear", align_corners=False)[0] > 0  # post_process_masks
+    full = F.interpolate(logits[None], size=hw, mode="bilinear", align_corners=False)[0]  # post_process_masks
     return full.numpy(), out.iou_scores[0, 0].numpy(), logits.numpy()
 
 
 def _check(prediction, reference, count):
-    masks, scores, logits = reference
-    assert prediction.masks.shape == masks.shape and prediction.masks.dtype == bool and len(masks) == count
-    for got, want in zip(prediction.masks, masks):
-        assert iou(got, want) >= 0.99
+    """Masks as users get them (logits > 0) and at each reference mask's median logit: random tiny
+    weights often give near-full masks at 0, the median makes every comparison a half-full mask."""
+    full, scores, logits = reference
+    assert prediction.masks.shape == full.shape and prediction.masks.dtype == bool and len(full) == count
+    ours = bilinear_resize(prediction.logits, *full.shape[1:])
+    for got, got_logits, want in zip(prediction.masks, ours, full):
+        assert iou(got, want > 0) >= 0.99
+        median = np.median(want)
+        assert iou(got_logits > median, want > median) >= 0.99
     np.testing.assert_allclose(prediction.scores, scores, atol=1e-4)
     np.testing.assert_allclose(prediction.logits, logits, atol=1e-3)
 
@@ -238,11 +243,13 @@ def test_video_tracker_matches_transformers(sam2_exported, tiny, photos):
         ref = reference[t]
         for row, obj_id in enumerate(ref.object_ids):
             want = F.interpolate(ref.pred_masks[row:row + 1], size=(height, width), mode="bilinear",
-                                 align_corners=False)[0, 0].numpy() > 0
+                                 align_corners=False)[0, 0].numpy()
             got = results[obj_id]
-            assert iou(got.mask, want) >= 0.99, (t, obj_id)
+            assert iou(got.mask, want > 0) >= 0.99, (t, obj_id)
+            median = np.median(want)  # a half-full mask even where the random model covers everything
+            assert iou(bilinear_resize(got.logits, height, width) > median, want > median) >= 0.99, (t, obj_id)
             np.testing.assert_allclose(got.logits, ref.pred_masks[row, 0].numpy(), atol=1e-3)
-            visible += int(want.any())
+            visible += int((want > 0).any())
     assert visible >= 4  # masks to compare, not only empty frames
 
 
