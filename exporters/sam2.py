@@ -87,7 +87,6 @@ def _randomize_zero_inits(model, seed: int) -> None:
 def _wrappers(model) -> dict:
     """torch modules for the five graphs (defined here so torch is imported only when exporting)."""
     import torch
-    import torch.nn.functional as F
     from transformers.models.sam2_video.modeling_sam2_video import get_1d_sine_pe
 
     config = model.config
@@ -191,18 +190,16 @@ def _wrappers(model) -> dict:
             return out[0].transpose(1, 2).reshape(batch, channels, height, width)
 
     class MaskPrompt(torch.nn.Module):
-        """_use_mask_as_output around the decoder: mask [B,1,S,S] in {0,1} -> (decoder mask_input,
-        low-res logits, high-res logits)."""
+        """_use_mask_as_output around the decoder: mask [B,1,S,S] in [0,1] -> (decoder mask_input,
+        high-res logits). Its low-res logits (an antialiased downsample) are computed by the runtime:
+        OpenVINO's Resize ignores antialias, which moved mask edges by a low-res pixel."""
 
         def __init__(self):
             super().__init__()
             self.m = model
 
         def forward(self, mask):
-            high = mask * 20.0 - 10.0
-            low = F.interpolate(high, size=self.m.prompt_encoder.mask_input_size, mode="bilinear",
-                                align_corners=False, antialias=True)
-            return self.m.mask_downsample(mask), low, high
+            return self.m.mask_downsample(mask), mask * 20.0 - 10.0
 
     return {name: cls().eval() for name, cls in [("image_encoder", ImageEncoder), ("mask_decoder", MaskDecoder),
                                                  ("memory_encoder", MemoryEncoder),
@@ -334,7 +331,7 @@ class Sam2Family(ModelFamily):
                       {**batch_rule, "memories": {"default": 1}, "pointers": {"default": 1}}),
             Component("mask_prompt", modules["mask_prompt"],
                       [TensorSpec("mask", "float32", ("batch", 1, size, size))],
-                      [TensorSpec("mask_input", "float32", low_mask), TensorSpec("low_res_masks", "float32", low_mask),
+                      [TensorSpec("mask_input", "float32", low_mask),
                        TensorSpec("high_res_masks", "float32", ("batch", 1, size, size))],
                       binary_masks, {"batch": 2}, [{"batch": 1}, {"batch": 3}], batch_rule),
         ]

@@ -47,6 +47,13 @@ def bilinear_resize(x: np.ndarray, height: int, width: int) -> np.ndarray:
     return (rows[..., x0] * (1 - wx) + rows[..., x1] * wx).astype(np.float32)
 
 
+def resize_antialiased(x: np.ndarray, size: int) -> np.ndarray:
+    """[H, W] -> [size, size]: Pillow's bilinear resize is the (triangle) filter of torch's
+    F.interpolate(mode="bilinear", antialias=True), which transformers uses for mask prompts."""
+    return np.asarray(Image.fromarray(np.asarray(x, np.float32)).resize((size, size), Image.Resampling.BILINEAR),
+                      np.float32)
+
+
 def select_masks(masks, iou, pointers, multimask: bool, decoder: dict):
     """transformers' token choice on the all-token decoder outputs (rows = prompts / objects).
 
@@ -242,8 +249,7 @@ class VideoTracker:
             if array.shape != self.hw or array.dtype.kind not in "bf":
                 raise FeedError(f"mask must be a bool or float array of the frame's shape {list(self.hw)}, "
                                 f"got {array.dtype} {list(array.shape)}")
-            resized = Image.fromarray(array.astype(np.float32)).resize((size, size), Image.Resampling.BILINEAR)
-            self.pending[obj_id] = ("mask", np.asarray(resized, np.float32)[None, None])
+            self.pending[obj_id] = ("mask", resize_antialiased(array.astype(np.float32), size)[None, None])
         else:
             coords, codes = encode_prompt(points, labels, box, False, self.hw, size)
             self.pending[obj_id] = ("points", (coords, codes))
@@ -294,7 +300,8 @@ class VideoTracker:
     def _mask_output(self, mask: np.ndarray) -> dict:
         """A mask prompt is taken as the output; the decoder only supplies the object pointer."""
         prompt = self.artifact["mask_prompt"].run({"mask": mask})
-        mask_input, low, high = prompt["mask_input"], prompt["low_res_masks"], prompt["high_res_masks"]
+        mask_input, high = prompt["mask_input"], prompt["high_res_masks"]
+        low = resize_antialiased(high[0, 0], self.task["low_res_size"])[None, None]
         feats = self.features
         out = self.artifact.decode(feats, feats["vision_feat"], np.zeros((1, 1, 2), np.float32),
                                    np.full((1, 1), -1, np.int64), mask_input)
