@@ -117,8 +117,8 @@ def _check(prediction, reference, count):
         assert iou(got, want > 0) >= 0.99
         median = np.median(want)
         assert iou(got_logits > median, want > median) >= 0.99
-    np.testing.assert_allclose(prediction.scores, scores, atol=1e-4)
-    np.testing.assert_allclose(prediction.logits, logits, atol=1e-3)
+    np.testing.assert_allclose(prediction.scores, scores, atol=1e-5)
+    np.testing.assert_allclose(prediction.logits, logits, atol=1e-4)  # fp32 parity is ~1e-7
 
 
 def test_image_predictor_matches_transformers(fp32_artifact, hf_image_model, photos):
@@ -278,7 +278,9 @@ def test_video_tracker_matches_transformers(fp32_artifact, tiny, photos, kind):
             if want.min() + 1e-3 < median < want.max() - 1e-3:
                 ours = bilinear_resize(got.logits, height, width)
                 assert iou(ours > median, want > median) >= 0.99, (t, obj_id)
-            np.testing.assert_allclose(got.logits, ref.pred_masks[row, 0].numpy(), atol=1e-3)
+            # fp32 parity is ~1e-7; tracked logits of the random tiny model are small (~0.05), so the
+            # tolerance has to be tight for the check to mean anything
+            np.testing.assert_allclose(got.logits, ref.pred_masks[row, 0].numpy(), atol=1e-5)
             visible += int((want > 0).any())
     assert visible >= 4  # masks to compare, not only empty frames
 
@@ -307,3 +309,60 @@ def test_mask_resizes_match_torch(shape, size):
     want = F.interpolate(torch.from_numpy(x)[None, None], size=(size, 2 * size), mode="bilinear",
                          align_corners=False)[0, 0].numpy()
     np.testing.assert_allclose(bilinear_resize(x, size, 2 * size), want, atol=1e-5)
+
+
+def test_video_correction_on_a_tracked_frame_matches_transformers(sam2_exported, tiny, photos):
+    """Clicks added on frame 3 after it was tracked: re-decoded with memory, later frames follow."""
+    rng = np.random.default_rng()
+    clip = _clip(next(p for p in photos if p.name == "chelsea.png"), 7)
+    height, width = clip[0].shape[:2]
+    task = edgefm.load(sam2_exported).manifest.task
+    size = task["image_size"]
+    first = {1: (rng.random((1, 2)) * [width, height]).tolist(), 7: (rng.random((1, 2)) * [width, height]).tolist()}
+    fix = (rng.random((2, 2)) * [width, height]).tolist()
+    pixel_values = np.concatenate([pixels(f, task["preprocess"])[0] for f in clip])
+    session = transformers.Sam2VideoInferenceSession(video=torch.from_numpy(pixel_values), video_height=height,
+                                                     video_width=width, dtype=torch.float32)
+
+    def add(obj_id, frame, points, labels):
+        coords = torch.tensor(points, dtype=torch.float32) * torch.tensor([size / width, size / height])
+        session.add_point_inputs(session.obj_id_to_idx(obj_id), frame, {
+            "point_coords": coords[None, None], "point_labels": torch.tensor(labels, dtype=torch.int32)[None, None]})
+        session.obj_with_new_inputs = list(dict.fromkeys(session.obj_with_new_inputs + [obj_id]))
+
+    model, reference = tiny[1].model, {}
+    with torch.no_grad():
+        for obj_id, points in first.items():
+            add(obj_id, 0, points, [1])
+        reference[0] = model(inference_session=session, frame_idx=0)
+        for out in model.propagate_in_video_iterator(session, start_frame_idx=0):
+            reference[out.frame_idx] = out
+            if out.frame_idx == 3:
+                break
+        add(1, 3, fix, [1, 0])
+        reference[3] = model(inference_session=session, frame_idx=3)
+        for out in model.propagate_in_video_iterator(session, start_frame_idx=4):
+            reference[out.frame_idx] = out
+
+    def run(correct: bool) -> dict:
+        tracker, logits = edgefm.load(sam2_exported).video_tracker(num_frames=len(clip)), {}
+        for t, frame in enumerate(clip):
+            tracker.add_frame(frame)
+            if t == 0:
+                for obj_id, points in first.items():
+                    tracker.add_prompt(obj_id, points, [1])
+            results = tracker.track()
+            if t == 3 and correct:
+                tracker.add_prompt(1, fix, [1, 0])
+                results = tracker.track()
+            logits[t] = {obj_id: r.logits for obj_id, r in results.items()}
+        return logits
+
+    corrected, uncorrected = run(True), run(False)
+    worst = 0.0
+    for t, ref in reference.items():
+        for row, obj_id in enumerate(ref.object_ids):
+            np.testing.assert_allclose(corrected[t][obj_id], ref.pred_masks[row, 0].numpy(), atol=1e-5)
+            worst = max(worst, float(np.abs(corrected[t][obj_id] - ref.pred_masks[row, 0].numpy()).max()))
+    # the clicks matter far beyond the parity error (the tiny model's tracked logits are small, ~0.05)
+    assert np.abs(uncorrected[3][1] - reference[3].pred_masks[0, 0].numpy()).max() > 100 * max(worst, 1e-8)
