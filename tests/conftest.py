@@ -66,3 +66,11 @@ def photos():
     from edgefm.calibration.data import load
 
     return load().all_images
+
+
+@pytest.fixture(scope="session")
+def sam2_exported(work):
+    from edgefm.export_job import export
+
+    export("sam2", work / "sam2", variant="tiny", log=_quiet)
+    return work / "sam2"

@@ -1,0 +1,93 @@
+"""SAM 2 feeds: photos for the image encoder; every other graph gets feeds captured from the fp32
+export on those photos (encoder features, a few random clicks, the resulting masks and memories),
+so calibration and validation see the activations the graphs see in use."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgefm.calibration.data import CalibrationData
+from edgefm.manifest import Manifest
+from edgefm.spec import Check
+
+_CACHE: dict = {}
+
+
+def _capture(manifest: Manifest, directory: Path, image: Path, seed: int) -> dict:
+    """One photo through the fp32 graphs: {component: feed}."""
+    from edgefm.runtimes.loader import open_sessions
+    from edgefm.runtimes.pipelines.sam2 import bilinear_resize, pixels
+
+    key = (str(Path(directory).resolve()), manifest.source.get("weights_sha256"))
+    if key not in _CACHE:
+        _CACHE.clear()  # one artifact at a time
+        _CACHE[key] = {"sessions": open_sessions(directory, manifest)}
+    cache = _CACHE[key]
+    if image in cache:
+        return cache[image]
+    sessions, task = cache["sessions"], manifest.task
+    size, low = task["image_size"], task["low_res_size"]
+    rng = np.random.default_rng(seed)
+    pixel_values, _ = pixels(image, task["preprocess"])
+    enc = sessions["image_encoder"].run({"pixel_values": pixel_values})
+    count = int(rng.integers(1, 4))
+    labels = rng.integers(0, 2, (1, count)).astype(np.int64)
+    labels[0, 0] = 1  # at least one foreground click
+    decoder = {"image_embed": enc["image_embed"], "feat_s0": enc["feat_s0"], "feat_s1": enc["feat_s1"],
+               "point_coords": (rng.random((1, count, 2)) * size).astype(np.float32), "point_labels": labels,
+               "mask_input": np.zeros((1, 1, low, low), np.float32), "has_mask_input": np.zeros(1, np.float32)}
+    out = sessions["mask_decoder"].run(decoder)
+    best = int(out["iou_scores"][0, 1:].argmax()) + 1
+    high = bilinear_resize(out["masks"][:, best:best + 1], size, size)
+    memory = {"vision_feat": enc["vision_feat"], "high_res_mask": high,
+              "object_score_logits": out["object_score_logits"], "is_mask_from_pts": np.ones(1, np.float32)}
+    entry = sessions["memory_encoder"].run(memory)
+    cache[image] = {"image_encoder": {"pixel_values": pixel_values}, "mask_decoder": decoder,
+                    "memory_encoder": memory, "mask_prompt": {"mask": (high > 0).astype(np.float32)},
+                    "_enc": enc, "_memory": entry, "_pointer": out["object_pointers"][:, best]}
+    return cache[image]
+
+
+def _attention_feed(current: dict, previous: dict, max_pointers: int) -> dict:
+    """The current photo conditioned on its own memory (as a prompted frame) and the previous one."""
+    mems = [current["_memory"], previous["_memory"]]
+    return {"vision_feat": current["_enc"]["vision_feat"], "vision_pos": current["_enc"]["vision_pos"],
+            "memory": np.stack([m["maskmem_features"] for m in mems], 1),
+            "memory_pos": np.stack([m["maskmem_pos_enc"] for m in mems], 1),
+            "memory_tpos_index": np.array([-1, 0], np.int64),
+            "object_pointers": np.stack([current["_pointer"], previous["_pointer"]], 1),
+            "pointer_tpos": np.array([0.0, 1.0 / max(max_pointers - 1, 1)], np.float32)}
+
+
+def _feeds_for(component: str, manifest: Manifest, directory: Path, images: list[Path], offset: int) -> list[dict]:
+    captured = [_capture(manifest, directory, p, offset + i) for i, p in enumerate(images)]
+    if component != "memory_attention":
+        return [c[component] for c in captured]
+    pointers = manifest.task["video"]["max_object_pointers"]
+    return [_attention_feed(c, captured[i - 1], pointers) for i, c in enumerate(captured)]
+
+
+def feeds(component: str, manifest: Manifest, directory: Path, data: CalibrationData):
+    """(calibration feeds, held-out feeds), batch 1 each."""
+    return (_feeds_for(component, manifest, directory, data.calib_images, 0),
+            _feeds_for(component, manifest, directory, data.heldout_images, 1000))
+
+
+def mask_iou(got: np.ndarray, ref: np.ndarray) -> float:
+    """Intersection over union of two boolean masks (1.0 when both are empty)."""
+    union = np.logical_or(got, ref).sum()
+    return float(np.logical_and(got, ref).sum() / union) if union else 1.0
+
+
+def extra_checks(component, candidate, reference, manifest, directory, data, gates) -> list:
+    """Mask IoU of the compiled decoder vs the fp32 one, every mask token, on held-out photos."""
+    if component != "mask_decoder":
+        return []
+    _, heldout = feeds(component, manifest, directory, data)
+    ious = []
+    for feed in heldout:
+        got, ref = candidate.run(feed)["masks"] > 0, reference[component].run(feed)["masks"] > 0
+        ious += [mask_iou(g, r) for g, r in zip(got.reshape(-1, *got.shape[2:]), ref.reshape(-1, *ref.shape[2:]))]
+    return [Check("mask_iou", float(np.mean(ious)), gates["mask_iou"],
+                  detail={"min": float(np.min(ious)), "masks": len(ious)})]
