@@ -9,7 +9,7 @@ BENCH_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgefm-installed
 
-.PHONY: demo test bench
+.PHONY: demo test bench bench-sam2
 demo: $(STAMP)
 	$(BIN)/edgefm demo
 
@@ -18,6 +18,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	TORCH="$(TORCH)" $(BIN)/python benchmarks/bench_peers.py $(BENCH_ARGS)
+
+bench-sam2: $(STAMP)
+	$(BIN)/python benchmarks/bench_sam2.py $(BENCH_ARGS)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
