@@ -94,15 +94,13 @@ def optimum_runner(spec: dict, feeds: dict):
 
 
 def edgefm_runner(spec: dict, feeds: dict):
-    import importlib
-
     from edgefm.manifest import Manifest
+    from edgefm.runtimes.loader import open_session
 
     directory = Path(spec["artifact"])  # open only this component's session, not the whole artifact
     entry = Manifest.load(directory).components[spec["component"]]
-    runtime = importlib.import_module(f"edgefm.runtimes.{entry.runtime}")
-    session = runtime.open_session(directory / entry.file, entry, spec["component"], threads=spec["threads"])
-    return (lambda: session.run(feeds)), sum((directory / f).stat().st_size for f in entry.files())
+    session = open_session(directory, entry, spec["component"], threads=spec["threads"])
+    return (lambda: session.run(feeds)), entry.size_mib(directory) * 2**20
 
 
 # -- parent: build artifacts, prepare inputs, spawn children, write reports --------------------------

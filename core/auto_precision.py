@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from edgefm.errors import EdgefmError, GateError
+from edgefm.errors import GateError
 from edgefm.manifest import Manifest
 
 # Within this share of the best figure two candidates are a tie (timing noise); the more precise one wins.
@@ -42,21 +42,16 @@ def _measure(directory: Path, iters: int) -> tuple[float, float]:
 
     latency = sum(artifact_latencies(directory, iters).values())
     manifest = Manifest.load(directory, verify=False)
-    size = sum((directory / f).stat().st_size for e in manifest.components.values() for f in e.files())
-    return latency, size / 2**20
+    return latency, sum(e.size_mib(directory) for e in manifest.components.values())
 
 
 def compile_auto(artifact: Path, target_name: str, out: Path, objective: str = "latency", iters: int = 30,
                  overwrite: bool = False, log: Callable[[str], None] = print, **compile_kwargs) -> Manifest:
-    from edgefm import registry
-    from edgefm.compile_job import compile_artifact
+    from edgefm.compile_job import available_target, compile_artifact
     from edgefm.hardware import describe
     from edgefm.staging import staging_dir
 
-    target = registry.target(target_name)
-    reason = target.available()
-    if reason:
-        raise EdgefmError(f"target {target.name} cannot compile on this machine: {reason}")
+    target = available_target(target_name)
     with staging_dir(Path(out), overwrite) as tmp:
         candidates = []
         for precision in target.precisions:

@@ -5,7 +5,6 @@ alone and one artifact's threads or caches cannot warm up the next one.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -79,17 +78,18 @@ def bench_component(directory: Path, component: str, batch: int, warmup: int, it
     from edgefm.hardware import gpu_memory_mib
     from edgefm.manifest import Manifest
 
+    from edgefm.runtimes.loader import open_session
+
     manifest = Manifest.load(directory, verify=False)  # the parent verified every file before any timing
     entry = manifest.components[component]
-    runtime = importlib.import_module(f"edgefm.runtimes.{entry.runtime}")
     start = time.perf_counter()
-    session = runtime.open_session(directory / entry.file, entry, component, **({"threads": threads} if threads else {}))
+    session = open_session(directory, entry, component, **({"threads": threads} if threads else {}))
     load_s = time.perf_counter() - start
     timing = measure(session, batch, warmup, iters, np.random.default_rng(0))
     return {"artifact": str(directory), "family": manifest.family, "variant": manifest.variant,
             "component": component, "target": entry.target or "export", "device": getattr(session, "device", "CPU"),
             "runtime": entry.runtime, "precision": entry.precision,
-            "size_mib": sum((directory / f).stat().st_size for f in entry.files()) / 2**20,
+            "size_mib": entry.size_mib(directory),
             "accuracy": _accuracy(entry.validation), "load_s": load_s, "peak_rss_mib": peak_rss_mib(),
             "gpu_memory_mib": gpu_memory_mib(os.getpid()), **timing}
 

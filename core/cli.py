@@ -113,17 +113,22 @@ def _compile_options(f):
     return f
 
 
-def _compile_settings(target, precision, objective, allow_below_gate, **target_values):
-    """Check the compile flags before any work starts; returns the target's typed options."""
+TARGET_FLAGS = ("int8_mode", "int4_group_size", "int4_ratio", "device")
+
+
+def _compile_settings(flags: dict) -> tuple[dict, object]:
+    """Check the compile flags before any work starts: (the flags every target shares, the target's options)."""
     from edgefm.compile_job import target_options
     from edgefm.errors import EdgefmError
 
-    if precision == "auto" and allow_below_gate:
+    common = {k: v for k, v in flags.items() if k not in TARGET_FLAGS}
+    precision, objective = common["precision"], common["objective"]
+    if precision == "auto" and common["allow_below_gate"]:
         raise EdgefmError("--allow-below-gate does not combine with --precision auto, which keeps only "
                           "precisions that pass their gates")
     if precision != "auto" and objective:
         raise EdgefmError(f"--objective applies to --precision auto only (got --precision {precision})")
-    return target_options(target, **target_values)
+    return common, target_options(common["target"], **{k: v for k, v in flags.items() if k in TARGET_FLAGS})
 
 
 def _compile(artifact, out, options, target, precision, objective, calib, calib_size, calib_prompts,
@@ -140,15 +145,6 @@ def _compile(artifact, out, options, target, precision, objective, calib, calib_
                             **common)
 
 
-TARGET_FLAGS = ("int8_mode", "int4_group_size", "int4_ratio", "device")
-
-
-def _split_flags(kwargs: dict) -> tuple[dict, dict]:
-    """(flags every target shares, flags that map onto the chosen target's options)."""
-    return ({k: v for k, v in kwargs.items() if k not in TARGET_FLAGS},
-            {k: v for k, v in kwargs.items() if k in TARGET_FLAGS})
-
-
 @main.command("compile")
 @click.argument("artifact", type=click.Path())
 @_compile_options
@@ -156,9 +152,7 @@ def _split_flags(kwargs: dict) -> tuple[dict, dict]:
 @click.option("--overwrite", is_flag=True)
 def compile_cmd(artifact, out, **kwargs):
     """Compile an exported ARTIFACT for a target and precision, validated against the fp32 export."""
-    common, target_values = _split_flags(kwargs)
-    options = _compile_settings(common["target"], common["precision"], common["objective"],
-                                common["allow_below_gate"], **target_values)
+    common, options = _compile_settings(kwargs)
     manifest = _compile(artifact, out, options, **common)
     _print_table([(out, manifest)])
     _exit_on_gate(manifest)
@@ -174,9 +168,7 @@ def compile_cmd(artifact, out, **kwargs):
 def build(family, model, variant, random_weights, resolution, dynamic_resolution, out, overwrite, **kwargs):
     """Export FAMILY and compile it in one go."""
     out = Path(out)
-    common, target_values = _split_flags(kwargs)
-    options = _compile_settings(common["target"], common["precision"], common["objective"],
-                                common["allow_below_gate"], **target_values)
+    common, options = _compile_settings(kwargs)
     exported = _export(family, model, variant, random_weights, resolution, dynamic_resolution, out / "exported",
                        overwrite)
     compiled_dir = out / f"{common['target']}-{common['precision']}"

@@ -18,11 +18,17 @@ from edgefm.staging import staging_dir
 from edgefm.validation import validate_component
 
 
-def resolve_target(target_name: str, precision: str):
+def available_target(target_name: str):
+    """The target, or a clear error when this machine lacks what compiling for it needs."""
     target = registry.target(target_name)
     reason = target.available()
     if reason:
         raise EdgefmError(f"target {target.name} cannot compile on this machine: {reason}")
+    return target
+
+
+def resolve_target(target_name: str, precision: str):
+    target = available_target(target_name)
     chosen = Precision.parse(precision)
     if chosen not in target.precisions:
         raise UnknownChoiceError(f"precision for {target.name}", precision, [p.value for p in target.precisions])
@@ -99,11 +105,9 @@ class _Context:
 
     def compile_component(self, name: str, entry: ComponentEntry, calib_feeds, heldout, gates: dict,
                           allow_below_gate: bool, log) -> ComponentEntry:
-        import importlib
-
+        from edgefm.runtimes.loader import open_session
         from edgefm.targets.base import CompileRequest
 
-        runtime = importlib.import_module(f"edgefm.runtimes.{self.target.runtime}")
         work = self.out_dir / ".work" / name
         attempts = []
         for index, scheme in enumerate(self.target.schemes(self.precision, self.options)):
@@ -113,7 +117,7 @@ class _Context:
             request = CompileRequest(name, self.artifact / entry.file, entry, self.precision, scheme, calib_feeds,
                                      attempt_dir, work)
             compiled = self._entry(entry, scheme, self.target.compile(request, self.options), attempt_dir)
-            candidate = runtime.open_session(attempt_dir / compiled.file, compiled, name)
+            candidate = open_session(attempt_dir, compiled, name)
             validation = validate_component(name, candidate, self.reference, heldout, gates, self.recipe,
                                             self.source, self.artifact, self.data)
             attempts.append((scheme, attempt_dir, compiled, validation))

@@ -54,6 +54,10 @@ class ComponentEntry:
     def files(self) -> dict[str, str]:
         return {self.file: self.sha256, **self.data_files}
 
+    def size_mib(self, directory: Path) -> float:
+        """On-disk size of the component's files in the artifact `directory`."""
+        return sum((Path(directory) / name).stat().st_size for name in self.files()) / 2**20
+
 
 @dataclass
 class Manifest:

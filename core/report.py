@@ -6,10 +6,6 @@ from pathlib import Path
 from edgefm.manifest import Manifest
 
 
-def _size_mib(directory: Path, entry) -> float:
-    return sum((Path(directory) / name).stat().st_size for name in entry.files()) / 2**20
-
-
 SHORT_METRIC = {"cosine_min": "cos min", "rel_max_abs_diff": "rel diff", "cosine": "cos",
                 "zero_shot_top1_agreement": "zero-shot top1"}
 
@@ -44,7 +40,7 @@ def results_table(rows: list[tuple[Path, Manifest]], latencies: dict | None = No
         for name, entry in manifest.components.items():
             latency = (latencies or {}).get((str(directory), name))
             table.add_row(_short(directory), name, entry.target or "export", entry.precision,
-                          f"{_size_mib(directory, entry):.2f}", *_accuracy(entry.validation),
+                          f"{entry.size_mib(directory):.2f}", *_accuracy(entry.validation),
                           f"{latency:.2f}" if latency is not None else "-")
     return table
 

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from edgefm.errors import EdgefmError
+from edgefm.runtimes.preprocess import as_pil
 
 COLORS = np.array([[30, 144, 255], [255, 99, 71], [50, 205, 50], [238, 130, 238], [255, 215, 0]], np.float32)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -44,7 +45,7 @@ def _sam2(artifact_dir: Path):
 def run_image(artifact_dir: Path, image: Path, points, labels, box, multimask: bool, out: Path) -> dict:
     """Segment one image; the overlay shows the highest-scoring mask."""
     artifact = _sam2(artifact_dir)
-    picture = _open_image(image)
+    picture = as_pil(image)
     artifact.set_image(picture)
     prediction = artifact.predict(points=points or None, labels=labels or None, box=box, multimask=multimask)
     best = int(prediction.scores.argmax())
@@ -59,7 +60,7 @@ def video_frames(source: Path):
         files = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise EdgefmError(f"{source} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        return (_open_image(p) for p in files)
+        return (as_pil(p) for p in files)
     if not source.is_file():
         raise EdgefmError(f"{source} is neither a directory of frames nor a video file")
     try:
@@ -67,7 +68,7 @@ def video_frames(source: Path):
     except ImportError:
         raise EdgefmError(f"reading {source.name} needs imageio with ffmpeg (pip install 'imageio[ffmpeg]'), "
                           "or pass a directory of frames") from None
-    return (Image.fromarray(frame).convert("RGB") for frame in iio.imiter(source))
+    return (as_pil(frame) for frame in iio.imiter(source))
 
 
 def run_video(artifact_dir: Path, source: Path, points, labels, box, out: Path,
@@ -90,9 +91,3 @@ def run_video(artifact_dir: Path, source: Path, points, labels, box, out: Path,
         log(f"frame {index}: object score {result.object_score:.3f}, mask {int(result.mask.sum())} px")
     return {"frames": count, "fps": count / seconds if seconds else 0.0, "object_visible_frames": visible}
 
-
-def _open_image(path) -> Image.Image:
-    try:
-        return Image.open(path).convert("RGB")
-    except (OSError, ValueError) as exc:
-        raise EdgefmError(f"cannot read image {path}: {exc}") from None

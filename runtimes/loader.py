@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-from edgefm.manifest import Manifest
+from edgefm.manifest import ComponentEntry, Manifest
 from edgefm.registry import family_module
 from edgefm.runtimes.session import Session
 
@@ -24,12 +24,15 @@ class Artifact:
         return f"<{type(self).__name__} {self.manifest.family} from {self.directory}: {sorted(self.sessions)}>"
 
 
+def open_session(directory: Path, entry: ComponentEntry, name: str, **session_options) -> Session:
+    """One component's session, through the runtime module its manifest entry names."""
+    runtime = importlib.import_module(f"edgefm.runtimes.{entry.runtime}")
+    return runtime.open_session(Path(directory) / entry.file, entry, name, **session_options)
+
+
 def open_sessions(directory: Path, manifest: Manifest, **session_options) -> dict[str, Session]:
-    sessions = {}
-    for name, entry in manifest.components.items():
-        runtime = importlib.import_module(f"edgefm.runtimes.{entry.runtime}")
-        sessions[name] = runtime.open_session(Path(directory) / entry.file, entry, name, **session_options)
-    return sessions
+    return {name: open_session(directory, entry, name, **session_options)
+            for name, entry in manifest.components.items()}
 
 
 def load(directory, verify: bool = True, **session_options) -> Artifact:
