@@ -2,9 +2,12 @@
 
 Image encoder latency, mask decoder latency per prompt, and end-to-end video fps (encoder + memory
 attention + decoder + memory encoder per frame) over a clip of frames cut from a sample photo, for
-torch eager and for edgefm artifacts on ONNX Runtime and OpenVINO. One process, engines in turn.
+torch eager and for edgefm artifacts on ONNX Runtime and OpenVINO in every precision, with each
+artifact's size and the end-to-end mask IoU against the fp32 export that its compile step measured
+(and which components it kept in fp32 to pass). One process, engines in turn.
 
-    python benchmarks/bench_sam2.py [--variant hiera-tiny] [--out DIR] [--frames N] [--iters N] [--quick]
+    python benchmarks/bench_sam2.py [--variant hiera-tiny] [--engines onnxruntime-fp32,openvino-int8,...]
+                                    [--out DIR] [--frames N] [--iters N] [--quick]
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-ENGINES = [("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "fp16")]
+ENGINES = [(target, precision) for target in ("onnxruntime", "openvino") for precision in ("fp32", "fp16", "int8", "int4")]
 
 
 def timed(call, iters: int) -> float:
@@ -119,11 +122,20 @@ def write_report(out: Path, report: dict) -> None:
              f"inputs, median of {report['iters']} runs after a warm-up; video: {report['frames']} frames of "
              f"{report['frame_size'][1]}x{report['frame_size'][0]} with one point on frame 0, wall time of the whole "
              "loop including preprocessing (edgefm's VideoTracker vs transformers' Sam2VideoModel propagation)", "",
+             "- end-to-end IoU: mean mask IoU vs the fp32 export measured by the compile step (held-out photos and "
+             "clips; image / video, masks at logit 0 and at the fp32 logits' median), and the components it kept "
+             "in fp32 to pass its gates", "",
              "| engine | encoder ms | decoder ms / prompt | video fps | encoder speed-up vs torch | "
-             "video speed-up vs torch |", "|---|---|---|---|---|---|"]
+             "video speed-up vs torch | size MiB | image IoU (0 / median) | video IoU (0 / median) | kept fp32 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        iou = r.get("end_to_end")
+        accuracy = (f"{iou['image_mask_iou']:.4f} / {iou['image_mask_iou_median']:.4f} | "
+                    f"{iou['video_mask_iou']:.4f} / {iou['video_mask_iou_median']:.4f}") if iou else "- | -"
+        size = f"{r['size_mib']:.1f}" if "size_mib" in r else "-"
         lines.append(f"| {r['engine']} | {r['encoder_ms']:.1f} | {r['decoder_ms']:.2f} | {r['video_fps']:.3f} | "
-                     f"{torch_row['encoder_ms'] / r['encoder_ms']:.2f}x | {r['video_fps'] / torch_row['video_fps']:.2f}x |")
+                     f"{torch_row['encoder_ms'] / r['encoder_ms']:.2f}x | {r['video_fps'] / torch_row['video_fps']:.2f}x | "
+                     f"{size} | {accuracy} | {', '.join(r.get('kept_fp32', [])) or '-'} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
 
@@ -132,7 +144,7 @@ def write_report(out: Path, report: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     names = [r["engine"] for r in rows]
     for ax, key, title in zip(axes, ("encoder_ms", "decoder_ms", "video_fps"),
                               ("image encoder ms (lower is better)", "decoder ms per prompt (lower is better)",
@@ -149,6 +161,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="hiera-tiny")
     parser.add_argument("--out", type=Path, default=Path("bench-out/sam2"))
+    parser.add_argument("--engines", default=",".join(f"{t}-{p}" for t, p in ENGINES),
+                        help="target-precision pairs to compile and time (default: all)")
     parser.add_argument("--frames", type=int, default=6)
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -164,12 +178,16 @@ def main() -> None:
     frames, point = clip_frames(args.frames, (480, 640)), [320, 240]
     rows = [{"engine": "torch-eager", **bench_torch(variant, out / "exported", frames, point, args.iters, args.threads)}]
     print(rows[-1], flush=True)
-    for target, precision in ENGINES:
+    for target, precision in (engine.rsplit("-", 1) for engine in args.engines.split(",")):
         directory = out / f"{target}-{precision}"
         manifest = compile_artifact(out / "exported", target, precision, directory, overwrite=True,
                                     allow_below_gate=True)
-        passed = all(e.validation["passed"] for e in manifest.components.values())
+        pipeline = manifest.pipeline_validation
+        passed = pipeline["passed"] and all(e.validation["passed"] for e in manifest.components.values())
         rows.append({"engine": f"edgefm-{target}-{precision}" + ("" if passed else " (below gate)"),
+                     "size_mib": sum(e.size_mib(directory) for e in manifest.components.values()),
+                     "end_to_end": {c["metric"]: c["value"] for c in pipeline["checks"]},
+                     "kept_fp32": pipeline["kept_fp32"],
                      **bench_edgefm(directory, frames, point, args.iters, args.threads)})
         print(rows[-1], flush=True)
     report = {"variant": variant, "frames": args.frames, "frame_size": [480, 640], "iters": args.iters,

@@ -91,3 +91,6 @@ def extra_checks(component, candidate, reference, manifest, directory, data, gat
         ious += [mask_iou(g, r) for g, r in zip(got.reshape(-1, *got.shape[2:]), ref.reshape(-1, *ref.shape[2:]))]
     return [Check("mask_iou", float(np.mean(ious)), gates["mask_iou"],
                   detail={"min": float(np.min(ious)), "masks": len(ious)})]
+
+
+from edgefm.calibration.sam2_pipeline import pipeline_checks  # noqa: E402,F401  (the recipe's end-to-end check)

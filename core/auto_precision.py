@@ -69,9 +69,13 @@ def compile_auto(artifact: Path, target_name: str, out: Path, objective: str = "
                 continue
             latency, size = _measure(where, iters)
             log(f"auto: {precision.value} passes its gates; {latency:.2f} ms (batch 1, all components), {size:.2f} MiB")
+            compiled = Manifest.load(where)
+            validation = {name: e.validation["value"] for name, e in compiled.components.items()}
+            if compiled.pipeline_validation:
+                validation["end to end"] = {c["metric"]: c["value"] for c in compiled.pipeline_validation["checks"]}
+                validation["kept_fp32"] = list(compiled.pipeline_validation["kept_fp32"])
             candidates.append({"precision": precision.value, "passed": True, "latency_ms": latency,
-                               "size_mib": size, "validation": {name: e.validation["value"] for name, e in
-                                                                Manifest.load(where).components.items()}})
+                               "size_mib": size, "validation": validation})
         chosen, reason = choose(candidates, objective)
         log(f"auto: keeping {reason}")
         for produced in (tmp / ".candidates" / chosen["precision"]).iterdir():

@@ -13,7 +13,7 @@ from typing import Callable
 from edgefm import registry
 from edgefm.errors import ArtifactError, EdgefmError, GateError, UnknownChoiceError
 from edgefm.manifest import ComponentEntry, Manifest, sha256_file
-from edgefm.spec import Precision
+from edgefm.spec import Precision, describe_checks
 from edgefm.staging import staging_dir
 from edgefm.validation import validate_component
 
@@ -61,6 +61,7 @@ def compile_artifact(artifact: Path, target_name: str, precision: str, out: Path
                      allow_below_gate: bool = False, overwrite: bool = False,
                      log: Callable[[str], None] = print) -> Manifest:
     from edgefm.calibration.data import load as load_calibration
+    from edgefm.pipeline_check import check_pipeline
     from edgefm.runtimes.loader import open_sessions
 
     target, precision = resolve_target(target_name, precision)
@@ -72,21 +73,22 @@ def compile_artifact(artifact: Path, target_name: str, precision: str, out: Path
     data = load_calibration(calib_dir, calib_size, prompts)
     reference = open_sessions(artifact, source)
     with staging_dir(Path(out), overwrite) as tmp:
+        context = _Context(target, options, precision, artifact, tmp, recipe, data, reference, source, family,
+                           allow_below_gate, log,
+                           {"dir": str(Path(calib_dir).resolve()) if calib_dir else None, "size": calib_size,
+                            "prompts": str(prompts) if prompts else None})
+        pipeline = None
+        if family.pipeline_gates(precision.value):
+            compiled, pipeline = check_pipeline(context)
+        else:
+            compiled = {name: context.compile_component(name, precision) for name in source.components}
+        for entry, files_dir in compiled.values():
+            for name in entry.files():
+                shutil.move(str(files_dir / name), tmp / name)
         for name in source.assets:
             shutil.copy2(artifact / name, tmp / name)
-        context = _Context(target, options, precision, artifact, tmp, recipe, data, reference, source)
-        entries = {}
-        for name, entry in source.components.items():
-            calib_feeds, heldout = recipe.feeds(name, source, artifact, data)
-            entries[name] = context.compile_component(name, entry, calib_feeds, heldout,
-                                                      family.gates(name, precision.value), allow_below_gate, log)
         shutil.rmtree(tmp / ".work", ignore_errors=True)
-        manifest = Manifest(
-            family=source.family, variant=source.variant, stage="compiled", components=entries,
-            assets=dict(source.assets), task=source.task, source=source.source,
-            parent={"path": str(artifact), "manifest_sha256": sha256_file(artifact / "manifest.json"),
-                    "calibration": {"dir": str(Path(calib_dir).resolve()) if calib_dir else None,
-                                    "size": calib_size, "prompts": str(prompts) if prompts else None}})
+        manifest = context.manifest({name: entry for name, (entry, _) in compiled.items()}, pipeline)
         manifest.save(tmp)
     return manifest
 
@@ -102,54 +104,62 @@ class _Context:
     data: object
     reference: dict
     source: Manifest
+    family: object
+    allow_below_gate: bool
+    log: Callable[[str], None]
+    calibration: dict
 
-    def compile_component(self, name: str, entry: ComponentEntry, calib_feeds, heldout, gates: dict,
-                          allow_below_gate: bool, log) -> ComponentEntry:
+    def compile_component(self, name: str, precision: Precision) -> tuple[ComponentEntry, Path]:
+        """Walk the target's scheme ladder for one component; the entry and the folder holding its files."""
         from edgefm.runtimes.loader import open_session
         from edgefm.targets.base import CompileRequest
 
-        work = self.out_dir / ".work" / name
+        entry = self.source.components[name]
+        calib_feeds, heldout = self.recipe.feeds(name, self.source, self.artifact, self.data)
+        gates = self.family.gates(name, precision.value)
+        work = self.out_dir / ".work" / f"{name}-{precision.value}"
         attempts = []
-        for index, scheme in enumerate(self.target.schemes(self.precision, self.options)):
+        for index, scheme in enumerate(self.target.schemes(precision, self.options)):
             attempt_dir = work / str(index)
             attempt_dir.mkdir(parents=True)
-            log(f"{name}: {self.target.name} {self.precision.value} scheme {scheme.name}")
-            request = CompileRequest(name, self.artifact / entry.file, entry, self.precision, scheme, calib_feeds,
+            self.log(f"{name}: {self.target.name} {precision.value} scheme {scheme.name}")
+            request = CompileRequest(name, self.artifact / entry.file, entry, precision, scheme, calib_feeds,
                                      attempt_dir, work)
-            compiled = self._entry(entry, scheme, self.target.compile(request, self.options), attempt_dir)
+            compiled = self._entry(entry, precision, scheme, self.target.compile(request, self.options), attempt_dir)
             candidate = open_session(attempt_dir, compiled, name)
             validation = validate_component(name, candidate, self.reference, heldout, gates, self.recipe,
                                             self.source, self.artifact, self.data)
             attempts.append((scheme, attempt_dir, compiled, validation))
-            log(f"{name}: {_describe(validation)} -> {'pass' if validation['passed'] else 'below gate'}")
+            self.log(f"{name}: {describe_checks(validation)} -> {'pass' if validation['passed'] else 'below gate'}")
             if validation["passed"]:
                 break
         scheme, attempt_dir, compiled, validation = next(
             (a for a in attempts if a[3]["passed"]), max(attempts, key=lambda a: a[3]["value"]))
-        if not validation["passed"] and not allow_below_gate:
-            tried = "; ".join(f"{s.name}: {_describe(v)}" for s, _, _, v in attempts)
-            raise GateError(f"{name} in {self.precision.value} stays below its gate after every scheme ({tried}). "
-                            "Try another precision, calibrate on your own images with --calib DIR, or keep the "
-                            "best attempt anyway with --allow-below-gate (recorded in the manifest)")
+        if not validation["passed"] and not self.allow_below_gate:
+            tried = "; ".join(f"{s.name}: {describe_checks(v)}" for s, _, _, v in attempts)
+            finding = f"{name} in {precision.value} stays below its gate after every scheme ({tried})"
+            raise GateError(f"{finding}. Try another precision, calibrate on your own images with --calib DIR, or "
+                            "keep the best attempt anyway with --allow-below-gate (recorded in the manifest)", finding)
         validation["allowed_below_gate"] = not validation["passed"]
         validation["attempts"] = [{"scheme": s.name, "passed": v["passed"], "value": v["value"]}
                                   for s, _, _, v in attempts]
-        for produced in attempt_dir.iterdir():
-            shutil.move(str(produced), self.out_dir / produced.name)
-        static_int8 = self.precision is Precision.INT8 and getattr(self.options, "int8_mode", "static") == "static"
-        return dataclasses.replace(
-            compiled, validation=validation,
-            calibration=self.data.record(len(calib_feeds)) if static_int8 else None)
+        static_int8 = precision is Precision.INT8 and getattr(self.options, "int8_mode", "static") == "static"
+        return dataclasses.replace(compiled, validation=validation,
+                                   calibration=self.data.record(len(calib_feeds)) if static_int8 else None), attempt_dir
 
-    def _entry(self, entry: ComponentEntry, scheme, file: str, directory: Path) -> ComponentEntry:
+    def manifest(self, entries: dict[str, ComponentEntry], pipeline: dict | None = None) -> Manifest:
+        return Manifest(
+            family=self.source.family, variant=self.source.variant, stage="compiled", components=entries,
+            assets=dict(self.source.assets), task=self.source.task, source=self.source.source,
+            parent={"path": str(self.artifact), "manifest_sha256": sha256_file(self.artifact / "manifest.json"),
+                    "calibration": self.calibration},
+            pipeline_validation=pipeline)
+
+    def _entry(self, entry: ComponentEntry, precision: Precision, scheme, file: str, directory: Path) -> ComponentEntry:
         """The manifest entry of one attempt: its files are everything the target wrote into `directory`."""
         data_files = {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.name != file}
         return dataclasses.replace(
             entry, file=file, sha256=sha256_file(directory / file), runtime=self.target.runtime,
-            target=self.target.name, precision=self.precision.value, data_files=data_files,
+            target=self.target.name, precision=precision.value, data_files=data_files,
             options={**entry.options, "compile": {"scheme": scheme.name, **scheme.params,
                                                   **dataclasses.asdict(self.options)}})
-
-
-def _describe(validation: dict) -> str:
-    return ", ".join(f"{c['metric']} {c['value']:.5f} (gate {c['gate']})" for c in validation["checks"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-DEMO_MODELS = [("clip", "tiny"), ("dinov2", "tiny")]
+DEMO_MODELS = [("clip", "tiny"), ("dinov2", "tiny"), ("sam2", "tiny")]
 DEMO_TARGETS = ["onnxruntime", "openvino"]
 DEMO_PRECISIONS = ["fp32", "fp16", "int8", "int4"]
 
@@ -27,3 +27,46 @@ def run_demo(out: Path, log: Callable[[str], None] = print):
                                                         allow_below_gate=True, overwrite=True, log=log)))
                 latencies.update(artifact_latencies(compiled))
     return rows, latencies
+
+
+def sam2_mask_grid(exported: Path, directories: list[Path], path: Path) -> Path:
+    """One click on a sample photo through the SAM 2 export and each compiled SAM 2 artifact: a tile
+    per artifact, its mask tinted blue and red where it differs from the export's mask.
+
+    The random tiny weights give near-full masks at the users' threshold 0, so every tile is
+    thresholded at the median of the export's logits instead: the picture then shows where each
+    precision moves the mask boundary (the figure the compile step gates as *_mask_iou_median)."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    import edgefm
+    from edgefm.calibration.data import load
+    from edgefm.calibration.sam2 import mask_iou
+    from edgefm.run_job import overlay
+    from edgefm.runtimes.pipelines.sam2 import bilinear_resize
+
+    photo = next(p for p in load().all_images if p.name == "astronaut.png")
+    image = Image.open(photo).convert("RGB").resize((256, 256))
+    click = [[128.0, 100.0]]
+    tiles, want, threshold = [], None, None
+    for directory in [exported, *directories]:
+        artifact = edgefm.load(directory)
+        artifact.set_image(image)
+        logits = bilinear_resize(artifact.predict(click, [1], multimask=False).logits, 256, 256)[0]
+        if want is None:
+            threshold = np.median(logits)
+            want = logits > threshold
+        mask = logits > threshold
+        tile = np.asarray(overlay(image, [mask], click, [1])).copy()
+        tile[mask != want] = (255, 40, 40)
+        tile = Image.fromarray(tile)
+        draw = ImageDraw.Draw(tile)
+        draw.rectangle([0, 0, 255, 16], fill=(0, 0, 0))
+        draw.text((4, 3), f"{directory.name}  IoU {mask_iou(mask, want):.3f}", fill=(255, 255, 0))
+        tiles.append(tile)
+    columns = 3
+    grid = Image.new("RGB", (256 * columns, 256 * -(-len(tiles) // columns)))
+    for index, tile in enumerate(tiles):
+        grid.paste(tile, (256 * (index % columns), 256 * (index // columns)))
+    grid.save(path)
+    return path

@@ -25,4 +25,8 @@ class CalibrationError(EdgefmError):
 
 
 class GateError(EdgefmError):
-    """An accuracy gate failed."""
+    """An accuracy gate failed. `finding` is what was measured, without the advice."""
+
+    def __init__(self, message: str, finding: str = ""):
+        super().__init__(message)
+        self.finding = finding or message

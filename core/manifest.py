@@ -70,6 +70,7 @@ class Manifest:
     task: dict = field(default_factory=dict)  # what the runtime pipelines need (preprocessing, labels)
     parent: dict | None = None  # the artifact a compiled one was made from
     selection: dict | None = None  # how `--precision auto` chose this precision: every candidate's figures
+    pipeline_validation: dict | None = None  # end-to-end task check of a compiled artifact (families that have one)
     edgefm_version: str = ""
     format_version: int = FORMAT_VERSION
 

@@ -7,7 +7,9 @@ from edgefm.manifest import Manifest
 
 
 SHORT_METRIC = {"cosine_min": "cos min", "rel_max_abs_diff": "rel diff", "cosine": "cos",
-                "zero_shot_top1_agreement": "zero-shot top1"}
+                "zero_shot_top1_agreement": "zero-shot top1", "image_mask_iou": "image IoU",
+                "image_mask_iou_median": "image IoU@median", "video_mask_iou": "video IoU",
+                "video_mask_iou_median": "video IoU@median"}
 
 
 def _accuracy(validation: dict | None) -> tuple[str, str, str]:
@@ -42,6 +44,12 @@ def results_table(rows: list[tuple[Path, Manifest]], latencies: dict | None = No
             table.add_row(_short(directory), name, entry.target or "export", entry.precision,
                           f"{entry.size_mib(directory):.2f}", *_accuracy(entry.validation),
                           f"{latency:.2f}" if latency is not None else "-")
+        pipeline = manifest.pipeline_validation
+        if pipeline:
+            kept = f" ({', '.join(pipeline['kept_fp32'])} fp32)" if pipeline["kept_fp32"] else ""
+            table.add_row(_short(directory), "end to end", entry.target, pipeline["precision"] + kept,
+                          f"{sum(e.size_mib(directory) for e in manifest.components.values()):.2f}",
+                          *_accuracy(pipeline), "-")
     return table
 
 

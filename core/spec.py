@@ -66,3 +66,8 @@ def validation_record(checks: list[Check], reference: str, inputs: str, **extra)
     return {"metric": head.metric, "value": head.value, "gate": head.gate,
             "passed": all(c.passed for c in checks), "reference": reference, "inputs": inputs,
             "checks": [c.to_json() for c in checks], **extra}
+
+
+def describe_checks(validation: dict) -> str:
+    """One line for logs and errors: every check's value and gate."""
+    return ", ".join(f"{c['metric']} {c['value']:.5f} (gate {c['gate']})" for c in validation["checks"])

@@ -112,6 +112,11 @@ class ModelFamily:
         """Accuracy gates for a compiled component vs the fp32 export: metric -> minimum value."""
         raise NotImplementedError
 
+    def pipeline_gates(self, precision: str) -> dict[str, float]:
+        """Gates of the end-to-end task check of a compiled artifact (its recipe's `pipeline_checks`);
+        empty where the per-component gates already measure what users get."""
+        return {}
+
 
 def from_pretrained(loader: Callable, source: Source, what: str):
     """Load from a hub id or local directory with an error that says what to do offline."""

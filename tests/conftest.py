@@ -44,17 +44,16 @@ def dinov2_dynamic(work):
 
 
 @pytest.fixture(scope="session")
-def compiled(work, clip_exported, dinov2_exported):
+def compiled(work, request):
     """compiled(family, precision, target="onnxruntime") -> artifact dir, built on first use."""
     from edgefm.compile_job import compile_artifact
 
-    sources = {"clip": clip_exported, "dinov2": dinov2_exported}
     made = {}
 
     def get(family: str, precision: str, target: str = "onnxruntime"):
         if (family, precision, target) not in made:
             out = work / f"{family}-{target}-{precision}"
-            compile_artifact(sources[family], target, precision, out, log=_quiet)
+            compile_artifact(request.getfixturevalue(f"{family}_exported"), target, precision, out, log=_quiet)
             made[family, precision, target] = out
         return made[family, precision, target]
 
@@ -74,3 +73,19 @@ def sam2_exported(work):
 
     export("sam2", work / "sam2", variant="tiny", log=_quiet)
     return work / "sam2"
+
+
+@pytest.fixture(scope="session")
+def sam2_tiny():
+    """(family, loaded torch model) of the SAM 2 tiny preset: the weights sam2_exported was made from."""
+    from edgefm import registry
+    from edgefm.exporters.base import ExportOptions
+
+    family = registry.family("sam2")
+    return family, family.load(family.resolve(None, "tiny"), ExportOptions())
+
+
+@pytest.fixture(scope="session", params=["onnxruntime-export", "openvino-fp32"])
+def sam2_fp32(request, sam2_exported, compiled):
+    """The SAM 2 pipelines must match transformers in fp32 on both targets."""
+    return sam2_exported if request.param == "onnxruntime-export" else compiled("sam2", "fp32", "openvino")

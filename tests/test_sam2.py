@@ -9,48 +9,25 @@ import transformers
 from PIL import Image
 
 import edgefm
-from edgefm import registry
 from edgefm.errors import FeedError
 from edgefm.exporters.base import ExportOptions
 from edgefm.exporters.sam2 import VARIANTS
 from edgefm.manifest import Manifest
 from edgefm.runtimes.pipelines.sam2 import bilinear_resize, pixels
+from sam2_reference import iou
 
 COMPONENTS = ("image_encoder", "mask_decoder", "memory_encoder", "memory_attention", "mask_prompt")
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    fam = registry.family("sam2")
-    return fam, fam.load(fam.resolve(None, "tiny"), ExportOptions())
-
-
-@pytest.fixture(scope="module")
-def hf_image_model(tiny):
+def hf_image_model(sam2_tiny):
     """transformers' image model with the video model's weights (a strict subset of them)."""
     config = transformers.Sam2Config(**{k: VARIANTS["tiny"].config[k] for k in
                                         ("vision_config", "prompt_encoder_config", "mask_decoder_config")})
     model = transformers.Sam2Model(config)
-    result = model.load_state_dict(tiny[1].model.state_dict(), strict=False)
+    result = model.load_state_dict(sam2_tiny[1].model.state_dict(), strict=False)
     assert not result.missing_keys
     return model.eval()
-
-
-@pytest.fixture(scope="module", params=["onnxruntime-export", "openvino-fp32"])
-def fp32_artifact(request, sam2_exported, tmp_path_factory):
-    """The pipelines must match transformers in fp32 on both targets."""
-    if request.param == "onnxruntime-export":
-        return sam2_exported
-    from edgefm.compile_job import compile_artifact
-
-    out = tmp_path_factory.mktemp("sam2-ov") / "fp32"
-    compile_artifact(sam2_exported, "openvino", "fp32", out, log=lambda m: None)
-    return out
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
 def test_manifest_has_every_graph_with_symbolic_dims(sam2_exported):
@@ -76,8 +53,8 @@ def test_manifest_has_every_graph_with_symbolic_dims(sam2_exported):
     ("memory_attention", {"batch": 1, "memories": 5, "pointers": 9}),
     ("mask_prompt", {"batch": 2}),
 ])
-def test_graphs_match_torch_on_fresh_inputs(sam2_exported, tiny, name, dims):
-    family, loaded = tiny
+def test_graphs_match_torch_on_fresh_inputs(sam2_exported, sam2_tiny, name, dims):
+    family, loaded = sam2_tiny
     component = next(c for c in family.components(loaded, ExportOptions()) if c.name == name)
     feeds = component.make_inputs(np.random.default_rng(), dims)
     got = edgefm.load(sam2_exported)[name].run(feeds)
@@ -121,9 +98,9 @@ def _check(prediction, reference, count):
     np.testing.assert_allclose(prediction.logits, logits, atol=1e-4)  # fp32 parity is ~1e-7
 
 
-def test_image_predictor_matches_transformers(fp32_artifact, hf_image_model, photos):
+def test_image_predictor_matches_transformers(sam2_fp32, hf_image_model, photos):
     rng = np.random.default_rng()
-    artifact = edgefm.load(fp32_artifact)
+    artifact = edgefm.load(sam2_fp32)
     for photo in rng.choice(photos, 2, replace=False):
         artifact.set_image(photo)
         pixel_values, hw = pixels(photo, artifact.manifest.task["preprocess"])
@@ -211,93 +188,6 @@ def test_compile_fp32_keeps_masks(sam2_exported, tmp_path):
     assert artifact.predict(box=[10, 10, 60, 50]).masks.shape == (3, 64, 96)
 
 
-def _clip(photo, frames: int):
-    """A short clip: a 120x160 window sliding over a real photo."""
-    image = np.asarray(Image.open(photo).convert("RGB"))
-    return [image[40 + 5 * t:160 + 5 * t, 30 + 7 * t:190 + 7 * t] for t in range(frames)]
-
-
-def _hf_video(model, clip, task, prompts):
-    """transformers Sam2VideoModel on the same pixels: prompts on frame 0, then propagation (offline).
-
-    prompts: {obj_id: (points, labels)} or {obj_id: mask [H, W] bool}."""
-    height, width = clip[0].shape[:2]
-    pixel_values = np.concatenate([pixels(f, task["preprocess"])[0] for f in clip])
-    session = transformers.Sam2VideoInferenceSession(video=torch.from_numpy(pixel_values), video_height=height,
-                                                     video_width=width, dtype=torch.float32)
-    size = task["image_size"]
-    for obj_id, prompt in prompts.items():
-        if isinstance(prompt, np.ndarray):
-            session.add_mask_inputs(session.obj_id_to_idx(obj_id), 0, torch.from_numpy(prompt.astype(np.float32))[None, None])
-            continue
-        points, labels = prompt
-        coords = torch.tensor(points, dtype=torch.float32) * torch.tensor([size / width, size / height])
-        session.add_point_inputs(session.obj_id_to_idx(obj_id), 0, {
-            "point_coords": coords[None, None], "point_labels": torch.tensor(labels, dtype=torch.int32)[None, None]})
-    session.obj_with_new_inputs = list(prompts)
-    with torch.no_grad():
-        results = {0: model(inference_session=session, frame_idx=0)}
-        for out in model.propagate_in_video_iterator(session, start_frame_idx=0):
-            results[out.frame_idx] = out
-    return results
-
-
-@pytest.mark.parametrize("kind", ["points", "masks"])
-def test_video_tracker_matches_transformers(fp32_artifact, tiny, photos, kind):
-    rng = np.random.default_rng()
-    clip = _clip(next(p for p in photos if p.name == "astronaut.png"), 8)
-    height, width = clip[0].shape[:2]
-    if kind == "points":
-        prompts = {1: ((rng.random((1, 2)) * [width, height]).tolist(), [1]),
-                   7: ((rng.random((2, 2)) * [width, height]).tolist(), [1, 0])}
-    else:  # a rectangle, and an empty mask: an absent object (no-object pointer, occlusion memory)
-        y, x = rng.integers(0, 40), rng.integers(0, 60)
-        rectangle = np.zeros((height, width), bool)
-        rectangle[y:y + 60, x:x + 80] = True
-        prompts = {1: rectangle, 7: np.zeros((height, width), bool)}
-    artifact = edgefm.load(fp32_artifact)
-    reference = _hf_video(tiny[1].model, clip, artifact.manifest.task, prompts)
-    tracker = artifact.video_tracker(num_frames=len(clip))
-    visible = 0
-    for t, frame in enumerate(clip):
-        tracker.add_frame(frame)
-        if t == 0:
-            for obj_id, prompt in prompts.items():
-                if kind == "masks":
-                    tracker.add_prompt(obj_id, mask=prompt)
-                else:
-                    tracker.add_prompt(obj_id, *prompt)
-        results = tracker.track()
-        ref = reference[t]
-        for row, obj_id in enumerate(ref.object_ids):
-            want = F.interpolate(ref.pred_masks[row:row + 1], size=(height, width), mode="bilinear",
-                                 align_corners=False)[0, 0].numpy()
-            got = results[obj_id]
-            assert iou(got.mask, want > 0) >= 0.99, (t, obj_id)
-            median = np.median(want)  # a half-full mask even where the random model covers everything
-            if want.min() + 1e-3 < median < want.max() - 1e-3:
-                ours = bilinear_resize(got.logits, height, width)
-                assert iou(ours > median, want > median) >= 0.99, (t, obj_id)
-            # fp32 parity is ~1e-7; tracked logits of the random tiny model are small (~0.05), so the
-            # tolerance has to be tight for the check to mean anything
-            np.testing.assert_allclose(got.logits, ref.pred_masks[row, 0].numpy(), atol=1e-5)
-            visible += int((want > 0).any())
-    assert visible >= 4  # masks to compare, not only empty frames
-
-
-def test_tracker_errors_are_explained(sam2_exported):
-    tracker = edgefm.load(sam2_exported).video_tracker()
-    with pytest.raises(FeedError, match="call add_frame"):
-        tracker.add_prompt(1, [[1, 1]], [1])
-    tracker.add_frame(np.zeros((50, 60, 3), np.uint8))
-    with pytest.raises(FeedError, match="outside the image"):
-        tracker.add_prompt(1, [[70, 10]], [1])
-    with pytest.raises(FeedError, match="not both"):
-        tracker.add_prompt(1, [[10, 10]], [1], mask=np.ones((50, 60), bool))
-    with pytest.raises(FeedError, match=r"frame's shape \[50, 60\]"):
-        tracker.add_prompt(1, mask=np.ones((60, 50), bool))
-
-
 @pytest.mark.parametrize("shape,size", [((128, 128), 32), ((120, 160), 128), ((97, 211), 64)])
 def test_mask_resizes_match_torch(shape, size):
     from edgefm.runtimes.pipelines.sam2 import resize_antialiased
@@ -311,58 +201,46 @@ def test_mask_resizes_match_torch(shape, size):
     np.testing.assert_allclose(bilinear_resize(x, size, 2 * size), want, atol=1e-5)
 
 
-def test_video_correction_on_a_tracked_frame_matches_transformers(sam2_exported, tiny, photos):
-    """Clicks added on frame 3 after it was tracked: re-decoded with memory, later frames follow."""
-    rng = np.random.default_rng()
-    clip = _clip(next(p for p in photos if p.name == "chelsea.png"), 7)
-    height, width = clip[0].shape[:2]
-    task = edgefm.load(sam2_exported).manifest.task
-    size = task["image_size"]
-    first = {1: (rng.random((1, 2)) * [width, height]).tolist(), 7: (rng.random((1, 2)) * [width, height]).tolist()}
-    fix = (rng.random((2, 2)) * [width, height]).tolist()
-    pixel_values = np.concatenate([pixels(f, task["preprocess"])[0] for f in clip])
-    session = transformers.Sam2VideoInferenceSession(video=torch.from_numpy(pixel_values), video_height=height,
-                                                     video_width=width, dtype=torch.float32)
+def _complex_rope(theta: float, calls: list):
+    """SAM 2's original rotary encoding (sam2/modeling/position_encoding.py): axial frequencies as unit
+    complex numbers multiplied into (even, odd) pairs. It does not export (ONNX has no complex
+    tensors); here it replaces transformers' real-valued cos/sin form to prove the two are equal."""
+    def apply(q, k, cos, sin, num_k_exclude_rope=0, repeat_freqs_k=False):
+        calls.append(k.shape[-2])
+        dim, side = q.shape[-1], int(round(q.shape[-2] ** 0.5))
+        t = torch.arange(side * side, dtype=torch.float32)
+        freqs = 1.0 / (theta ** (torch.arange(0, dim, 4)[: dim // 4].float() / dim))
+        angles = torch.cat([torch.outer(t % side, freqs), torch.outer(torch.div(t, side, rounding_mode="floor"),
+                                                                      freqs)], -1)
+        cis = torch.polar(torch.ones_like(angles), angles)
 
-    def add(obj_id, frame, points, labels):
-        coords = torch.tensor(points, dtype=torch.float32) * torch.tensor([size / width, size / height])
-        session.add_point_inputs(session.obj_id_to_idx(obj_id), frame, {
-            "point_coords": coords[None, None], "point_labels": torch.tensor(labels, dtype=torch.int32)[None, None]})
-        session.obj_with_new_inputs = list(dict.fromkeys(session.obj_with_new_inputs + [obj_id]))
+        def rotate(x, cis):
+            pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2).contiguous())
+            return torch.view_as_real(pairs * cis).flatten(-2)
 
-    model, reference = tiny[1].model, {}
+        rotated = k.shape[-2] - num_k_exclude_rope
+        k_rot = k[..., :rotated, :]
+        if rotated:
+            k_rot = rotate(k_rot, cis.repeat(rotated // cis.shape[0], 1) if repeat_freqs_k else cis)
+        return rotate(q, cis).type_as(q), torch.cat([k_rot.type_as(k), k[..., rotated:, :]], -2)
+    return apply
+
+
+def test_exported_memory_attention_equals_the_complex_rope_original(sam2_exported, sam2_tiny, monkeypatch):
+    """The graph (real-valued RoPE) against torch running SAM 2's complex-number RoPE, object
+    pointers (excluded from RoPE) included, on fresh inputs."""
+    from transformers.models.sam2_video import modeling_sam2_video
+
+    family, loaded = sam2_tiny
+    component = next(c for c in family.components(loaded, ExportOptions()) if c.name == "memory_attention")
+    feeds = component.make_inputs(np.random.default_rng(), {"batch": 1, "memories": 3, "pointers": 4})
     with torch.no_grad():
-        for obj_id, points in first.items():
-            add(obj_id, 0, points, [1])
-        reference[0] = model(inference_session=session, frame_idx=0)
-        for out in model.propagate_in_video_iterator(session, start_frame_idx=0):
-            reference[out.frame_idx] = out
-            if out.frame_idx == 3:
-                break
-        add(1, 3, fix, [1, 0])
-        reference[3] = model(inference_session=session, frame_idx=3)
-        for out in model.propagate_in_video_iterator(session, start_frame_idx=4):
-            reference[out.frame_idx] = out
-
-    def run(correct: bool) -> dict:
-        tracker, logits = edgefm.load(sam2_exported).video_tracker(num_frames=len(clip)), {}
-        for t, frame in enumerate(clip):
-            tracker.add_frame(frame)
-            if t == 0:
-                for obj_id, points in first.items():
-                    tracker.add_prompt(obj_id, points, [1])
-            results = tracker.track()
-            if t == 3 and correct:
-                tracker.add_prompt(1, fix, [1, 0])
-                results = tracker.track()
-            logits[t] = {obj_id: r.logits for obj_id, r in results.items()}
-        return logits
-
-    corrected, uncorrected = run(True), run(False)
-    worst = 0.0
-    for t, ref in reference.items():
-        for row, obj_id in enumerate(ref.object_ids):
-            np.testing.assert_allclose(corrected[t][obj_id], ref.pred_masks[row, 0].numpy(), atol=1e-5)
-            worst = max(worst, float(np.abs(corrected[t][obj_id] - ref.pred_masks[row, 0].numpy()).max()))
-    # the clicks matter far beyond the parity error (the tiny model's tracked logits are small, ~0.05)
-    assert np.abs(uncorrected[3][1] - reference[3].pred_masks[0, 0].numpy()).max() > 100 * max(worst, 1e-8)
+        real = component.module(**{k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()
+        calls: list = []
+        monkeypatch.setattr(modeling_sam2_video, "apply_rotary_pos_emb_2d",
+                            _complex_rope(loaded.model.config.rope_parameters["rope_theta"], calls))
+        original = component.module(**{k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()
+    assert calls  # the complex form really ran (self- and cross-attention of every layer)
+    np.testing.assert_allclose(real, original, atol=1e-5, rtol=1e-5)
+    got = edgefm.load(sam2_exported)["memory_attention"].run(feeds)["pix_feat"]
+    np.testing.assert_allclose(got, original, atol=1e-4, rtol=1e-4)

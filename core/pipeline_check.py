@@ -1,0 +1,91 @@
+"""End-to-end check of a compiled artifact, for families whose task chains several graphs (SAM 2).
+
+Per-component gates cannot see how errors compound through a pipeline (a decoder's small logit
+error flips mask pixels; memory errors build up frame after frame). Once every component is
+compiled (one that cannot reach its own gate in the asked precision is kept in fp32), the family's
+pipeline runs on the compiled artifact and on the fp32 export and must pass the family's pipeline
+gates. If it does not, reduced-precision components go back to fp32 one at a time, each time the
+one whose fp32 version helps most, until it passes; the manifest records which ones, why, and
+every figure on the way.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from edgefm.errors import GateError
+from edgefm.spec import Precision, describe_checks, validation_record
+
+
+def check_pipeline(context) -> tuple[dict, dict]:
+    """Compile every component, then gate the pipeline -> ({component: (entry, files_dir)}, the manifest's record).
+
+    A component that cannot reach its own gate in the asked precision is kept in fp32 too (the
+    pipeline can still be built, and the reason is recorded) instead of failing the whole compile."""
+    precision = context.precision.value
+    gates = context.family.pipeline_gates(precision)
+    trial_root = context.out_dir / ".work" / "pipeline"
+    kept_fp32: dict[str, str] = {}  # component -> why
+    compiled, fp32 = {}, {}
+    for name in context.source.components:
+        try:
+            compiled[name] = context.compile_component(name, context.precision)
+        except GateError as exc:
+            context.log(f"{name}: below its own {precision} gate after every scheme; kept in fp32")
+            compiled[name] = fp32[name] = context.compile_component(name, Precision.FP32)
+            kept_fp32[name] = exc.finding
+
+    def evaluate(chosen: dict) -> dict:
+        trial = _assemble(context, chosen, trial_root / str(len(list(trial_root.glob("*")))))
+        checks = context.recipe.pipeline_checks(trial, context.artifact, context.data, gates)
+        return validation_record(checks, reference="fp32 export (ONNX Runtime), the same pipeline",
+                                 inputs=f"held-out {context.data.source}")
+
+    context.log(f"end to end: {context.family.name} pipeline in {precision} vs the fp32 export")
+    record = evaluate(compiled)
+    attempts = [_attempt(kept_fp32, record)]
+    while not record["passed"]:
+        quantized = [name for name, (entry, _) in compiled.items() if entry.precision != Precision.FP32.value]
+        if not quantized:
+            break
+        context.log(f"end to end: {describe_checks(record)} -> below gate; trying each of {', '.join(quantized)} in fp32")
+        trials = {}
+        for name in quantized:
+            if name not in fp32:
+                fp32[name] = context.compile_component(name, Precision.FP32)
+            trials[name] = evaluate({**compiled, name: fp32[name]})
+            attempts.append(_attempt([*kept_fp32, name], trials[name]))
+        best = max(trials, key=lambda name: _margin(trials[name]))
+        kept_fp32[best] = f"end to end: {describe_checks(record)}; with it in fp32: {describe_checks(trials[best])}"
+        compiled, record = {**compiled, best: fp32[best]}, trials[best]
+        context.log(f"end to end: {best} kept in fp32 -> {describe_checks(record)}")
+    if not record["passed"] and not context.allow_below_gate:
+        raise GateError(f"the {context.family.name} pipeline in {precision} stays below its gates even with "
+                        f"{', '.join(kept_fp32) or 'no component'} in fp32 ({describe_checks(record)}). Try another "
+                        "precision, calibrate on your own images with --calib DIR, or keep it anyway with "
+                        "--allow-below-gate (recorded in the manifest)")
+    context.log(f"end to end: {describe_checks(record)} -> {'pass' if record['passed'] else 'below gate (allowed)'}")
+    return compiled, {**record, "precision": precision, "kept_fp32": kept_fp32,
+                      "allowed_below_gate": not record["passed"], "attempts": attempts}
+
+
+def _assemble(context, chosen: dict, where: Path) -> Path:
+    """A loadable artifact of links to the chosen components' files, for one evaluation."""
+    where.mkdir(parents=True)
+    for name in context.source.assets:
+        os.symlink((context.artifact / name).resolve(), where / name)
+    for entry, files_dir in chosen.values():
+        for name in entry.files():
+            os.symlink((files_dir / name).resolve(), where / name)
+    context.manifest({name: entry for name, (entry, _) in chosen.items()}).save(where)
+    return where
+
+
+def _margin(record: dict) -> float:
+    """How far the worst check is above (or below) its gate."""
+    return min(c["value"] - c["gate"] for c in record["checks"])
+
+
+def _attempt(kept_fp32, record: dict) -> dict:
+    return {"kept_fp32": list(kept_fp32), "passed": record["passed"],
+            "checks": {c["metric"]: c["value"] for c in record["checks"]}}
