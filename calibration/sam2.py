@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edgefm.calibration.data import CalibrationData
+from edgefm.calibration.sam2_pipeline import mask_iou, pipeline_checks  # noqa: F401  (the recipe's end-to-end check)
 from edgefm.manifest import Manifest
 from edgefm.spec import Check
 
@@ -74,12 +75,6 @@ def feeds(component: str, manifest: Manifest, directory: Path, data: Calibration
             _feeds_for(component, manifest, directory, data.heldout_images, 1000))
 
 
-def mask_iou(got: np.ndarray, ref: np.ndarray) -> float:
-    """Intersection over union of two boolean masks (1.0 when both are empty)."""
-    union = np.logical_or(got, ref).sum()
-    return float(np.logical_and(got, ref).sum() / union) if union else 1.0
-
-
 def extra_checks(component, candidate, reference, manifest, directory, data, gates) -> list:
     """Mask IoU of the compiled decoder vs the fp32 one, every mask token, on held-out photos."""
     if component != "mask_decoder":
@@ -91,6 +86,3 @@ def extra_checks(component, candidate, reference, manifest, directory, data, gat
         ious += [mask_iou(g, r) for g, r in zip(got.reshape(-1, *got.shape[2:]), ref.reshape(-1, *ref.shape[2:]))]
     return [Check("mask_iou", float(np.mean(ious)), gates["mask_iou"],
                   detail={"min": float(np.min(ious)), "masks": len(ious)})]
-
-
-from edgefm.calibration.sam2_pipeline import pipeline_checks  # noqa: E402,F401  (the recipe's end-to-end check)

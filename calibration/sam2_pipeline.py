@@ -13,13 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefm.calibration.sam2 import mask_iou
 from edgefm.manifest import sha256_file
 from edgefm.spec import Check
 
 CLIP_FRAMES = 8
 VIDEO_PHOTOS = 2
 _REFERENCE: dict = {}  # the fp32 export's logits, computed once per artifact and photo set
+
+
+def mask_iou(got: np.ndarray, ref: np.ndarray) -> float:
+    """Intersection over union of two boolean masks (1.0 when both are empty)."""
+    union = np.logical_or(got, ref).sum()
+    return float(np.logical_and(got, ref).sum() / union) if union else 1.0
 
 
 def video_clip(photo, frames: int = CLIP_FRAMES) -> list[np.ndarray]:

@@ -41,7 +41,7 @@ def sam2_mask_grid(exported: Path, directories: list[Path], path: Path) -> Path:
 
     import edgefm
     from edgefm.calibration.data import load
-    from edgefm.calibration.sam2 import mask_iou
+    from edgefm.calibration.sam2_pipeline import mask_iou
     from edgefm.run_job import overlay
     from edgefm.runtimes.pipelines.sam2 import bilinear_resize
 

@@ -47,7 +47,8 @@ def results_table(rows: list[tuple[Path, Manifest]], latencies: dict | None = No
         pipeline = manifest.pipeline_validation
         if pipeline:
             kept = f" ({', '.join(pipeline['kept_fp32'])} fp32)" if pipeline["kept_fp32"] else ""
-            table.add_row(_short(directory), "end to end", entry.target, pipeline["precision"] + kept,
+            target = next(iter(manifest.components.values())).target
+            table.add_row(_short(directory), "end to end", target, pipeline["precision"] + kept,
                           f"{sum(e.size_mib(directory) for e in manifest.components.values()):.2f}",
                           *_accuracy(pipeline), "-")
     return table

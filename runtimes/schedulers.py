@@ -61,6 +61,21 @@ def _x0_and_eps(prediction: str, output, sample, alpha: float):
     return output, (sample - alpha ** 0.5 * output) / beta ** 0.5
 
 
+def _spaced_timesteps(config: dict, steps: int) -> np.ndarray:
+    """diffusers' timestep_spacing (arXiv 2305.08891, table 2), descending; only linspace gives fractions."""
+    count, spacing = config.get("num_train_timesteps", 1000), config.get("timestep_spacing", "leading")
+    if spacing == "leading":
+        return (np.arange(steps) * (count // steps)).round()[::-1] + config.get("steps_offset", 0)
+    if spacing == "trailing":
+        return np.arange(count, 0, -count / steps).round() - 1
+    return np.linspace(0, count - 1, steps, dtype=np.float32)[::-1]
+
+
+def _final_alpha(config: dict, alphas: np.ndarray) -> float:
+    """The alpha the last step lands on (1.0, or the first training alpha when set_alpha_to_one is off)."""
+    return 1.0 if config.get("set_alpha_to_one", True) else float(alphas[0])
+
+
 class DDIM:
     """diffusers' DDIMScheduler with eta = 0 (deterministic)."""
 
@@ -69,16 +84,9 @@ class DDIM:
     def __init__(self, config: dict, steps: int):
         _check(config, steps)
         self.config, self.alphas = config, alphas_cumprod(config)
-        count, spacing = len(self.alphas), config.get("timestep_spacing", "leading")
-        self.final_alpha = 1.0 if config.get("set_alpha_to_one", True) else float(self.alphas[0])
-        if spacing == "leading":
-            timesteps = (np.arange(steps) * (count // steps)).round()[::-1] + config.get("steps_offset", 0)
-        elif spacing == "trailing":
-            timesteps = np.round(np.arange(count, 0, -count / steps)) - 1
-        else:
-            timesteps = np.linspace(0, count - 1, steps).round()[::-1]
-        self.timesteps = timesteps.astype(np.int64)
-        self.stride = count // steps
+        self.final_alpha = _final_alpha(config, self.alphas)
+        self.timesteps = _spaced_timesteps(config, steps).round().astype(np.int64)  # linspace ones get rounded
+        self.stride = len(self.alphas) // steps
 
     def scale_model_input(self, sample: np.ndarray, index: int) -> np.ndarray:
         return sample
@@ -109,18 +117,12 @@ class Euler:
             if config.get(flag):
                 raise EdgefmError(f"{flag} is not supported by edgefm's Euler scheduler; unset it in the config")
         self.config, alphas = config, alphas_cumprod(config)
-        count, spacing = len(alphas), config.get("timestep_spacing", "leading")
-        if spacing == "leading":
-            timesteps = (np.arange(steps) * (count // steps)).round()[::-1] + config.get("steps_offset", 0)
-        elif spacing == "trailing":
-            timesteps = np.arange(count, 0, -count / steps).round() - 1
-        else:
-            timesteps = np.linspace(0, count - 1, steps, dtype=np.float32)[::-1]
-        self.timesteps = timesteps.astype(np.float32)
+        self.timesteps = _spaced_timesteps(config, steps).astype(np.float32)
         sigmas = ((1 - alphas) / alphas) ** 0.5
-        self.sigmas = np.append(np.interp(self.timesteps, np.arange(count), sigmas), 0.0).astype(np.float32)
+        self.sigmas = np.append(np.interp(self.timesteps, np.arange(len(alphas)), sigmas), 0.0).astype(np.float32)
         top = float(self.sigmas.max())
-        self.init_noise_sigma = top if spacing in ("linspace", "trailing") else (top ** 2 + 1) ** 0.5
+        leading = config.get("timestep_spacing", "leading") == "leading"
+        self.init_noise_sigma = (top ** 2 + 1) ** 0.5 if leading else top
 
     def scale_model_input(self, sample: np.ndarray, index: int) -> np.ndarray:
         return (sample / (float(self.sigmas[index]) ** 2 + 1) ** 0.5).astype(np.float32)
@@ -149,7 +151,7 @@ class LCM:
         original = config.get("original_inference_steps", 50)
         if steps > original:
             raise EdgefmError(f"steps ({steps}) cannot exceed the {original} steps the LCM model was distilled with")
-        self.final_alpha = 1.0 if config.get("set_alpha_to_one", True) else float(self.alphas[0])
+        self.final_alpha = _final_alpha(config, self.alphas)
         distilled = (np.arange(1, original + 1) * (len(self.alphas) // original) - 1)[::-1]
         self.timesteps = distilled[np.floor(np.linspace(0, original, steps, endpoint=False)).astype(np.int64)]
 
