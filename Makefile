@@ -9,7 +9,7 @@ BENCH_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgefm-installed
 
-.PHONY: demo test bench bench-sam2
+.PHONY: demo test bench bench-sam2 bench-sd
 demo: $(STAMP)
 	$(BIN)/edgefm demo
 
@@ -21,6 +21,9 @@ bench: $(STAMP)
 
 bench-sam2: $(STAMP)
 	$(BIN)/python benchmarks/bench_sam2.py $(BENCH_ARGS)
+
+bench-sd: $(STAMP)
+	$(BIN)/python benchmarks/bench_sd.py $(BENCH_ARGS)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)

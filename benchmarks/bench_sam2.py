@@ -19,17 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_common import bar_panels, median_ms
+
 ENGINES = [(target, precision) for target in ("onnxruntime", "openvino") for precision in ("fp32", "fp16", "int8", "int4")]
-
-
-def timed(call, iters: int) -> float:
-    call()  # warm-up
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(times))
 
 
 def clip_frames(count: int, size: tuple[int, int]) -> list[np.ndarray]:
@@ -61,9 +53,9 @@ def bench_edgefm(directory: Path, frames: list, point: list, iters: int, threads
 
     artifact = edgefm.load(directory, threads=threads)
     pixel_values = pixels(frames[0], artifact.task["preprocess"])[0]
-    encoder = timed(lambda: artifact["image_encoder"].run({"pixel_values": pixel_values}), iters)
+    encoder = median_ms(lambda: artifact["image_encoder"].run({"pixel_values": pixel_values}), iters)
     feeds = decoder_feeds(artifact, frames[0], point)
-    decoder = timed(lambda: artifact["mask_decoder"].run(feeds), iters)
+    decoder = median_ms(lambda: artifact["mask_decoder"].run(feeds), iters)
     tracker = artifact.video_tracker(num_frames=len(frames))
     start = time.perf_counter()
     for index, frame in enumerate(frames):
@@ -92,9 +84,9 @@ def bench_torch(variant: str, exported: Path, frames: list, point: list, iters: 
     task = artifact.task
     pixel_values = torch.from_numpy(pixels(frames[0], task["preprocess"])[0])
     with torch.no_grad():
-        encoder = timed(lambda: modules["image_encoder"](pixel_values), iters)
+        encoder = median_ms(lambda: modules["image_encoder"](pixel_values), iters)
         feeds = {k: torch.from_numpy(v) for k, v in decoder_feeds(artifact, frames[0], point).items()}
-        decoder = timed(lambda: modules["mask_decoder"](**feeds), iters)
+        decoder = median_ms(lambda: modules["mask_decoder"](**feeds), iters)
         height, width = frames[0].shape[:2]
         start = time.perf_counter()  # the processor's work (resize, normalise) is inside the timing, as for edgefm
         video = torch.from_numpy(np.concatenate([pixels(f, task["preprocess"])[0] for f in frames]))
@@ -139,22 +131,9 @@ def write_report(out: Path, report: dict) -> None:
     (out / "results.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    names = [r["engine"] for r in rows]
-    for ax, key, title in zip(axes, ("encoder_ms", "decoder_ms", "video_fps"),
-                              ("image encoder ms (lower is better)", "decoder ms per prompt (lower is better)",
-                               "video fps (higher is better)")):
-        ax.bar(names, [r[key] for r in rows], color=["#888"] + ["#1e90ff"] * (len(rows) - 1))
-        ax.set_title(title, fontsize=10)
-        ax.tick_params(axis="x", labelrotation=20, labelsize=8)
-    fig.suptitle(f"SAM 2.1 {report['variant']} (random weights), {report['hardware']['cpu']}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out / "results.png", dpi=120)
+    bar_panels(rows, [("encoder_ms", "image encoder ms (lower is better)"),
+                      ("decoder_ms", "decoder ms per prompt (lower is better)"), ("video_fps", "video fps (higher is better)")],
+               f"SAM 2.1 {report['variant']} (random weights), {report['hardware']['cpu']}", out / "results.png")
 
 
 def main() -> None:

@@ -129,7 +129,7 @@ def run_bench(artifacts: list[Path], batches: list[int], warmup: int, iters: int
         job = dict(directory=str(directory), component=component, batch=batch, warmup=warmup, iters=iters,
                    threads=threads)
         try:
-            results.append(_in_fresh_process(job))
+            results.append(in_fresh_process(job))
         except EdgefmError as exc:
             errors.append(str(exc))
     if progress:
@@ -141,7 +141,7 @@ def run_bench(artifacts: list[Path], batches: list[int], warmup: int, iters: int
             "results": results, "skipped": skipped, "errors": errors}
 
 
-def _in_fresh_process(job: dict) -> dict:
+def in_fresh_process(job: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         result_path = Path(tmp) / "result.json"
         done = subprocess.run([sys.executable, "-m", "edgefm.bench", json.dumps(job), str(result_path)],

@@ -68,14 +68,19 @@ def _export_options(f):
                      help="Build the variant's real architecture with seeded random weights (no download).")(f)
     f = click.option("--resolution", type=int, help="Input size for DINOv2 (multiple of 14; default 224).")(f)
     f = click.option("--dynamic-resolution", is_flag=True, help="Export DINOv2 with dynamic height/width.")(f)
+    f = click.option("--lora", type=click.Path(exists=True),
+                     help="sd15/sdxl: LoRA weights (.safetensors file or folder) fused into the UNet and text "
+                          "encoders before export.")(f)
+    f = click.option("--lora-scale", type=float, default=1.0, show_default=True, help="Strength of the fused LoRA.")(f)
     return f
 
 
-def _export(family, model, variant, random_weights, resolution, dynamic_resolution, out, overwrite):
+def _export(family, model, variant, random_weights, resolution, dynamic_resolution, lora, lora_scale, out, overwrite):
     from edgefm.export_job import export
     from edgefm.exporters.base import ExportOptions
 
-    options = ExportOptions(resolution=resolution, dynamic_resolution=dynamic_resolution)
+    options = ExportOptions(resolution=resolution, dynamic_resolution=dynamic_resolution, lora=lora,
+                            lora_scale=lora_scale)
     return export(family, Path(out), model=model, variant=variant, random_weights=random_weights,
                   options=options, overwrite=overwrite, log=_log)
 
@@ -85,9 +90,11 @@ def _export(family, model, variant, random_weights, resolution, dynamic_resoluti
 @_export_options
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="Artifact directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def export_cmd(family, model, variant, random_weights, resolution, dynamic_resolution, out, overwrite):
+def export_cmd(family, model, variant, random_weights, resolution, dynamic_resolution, lora, lora_scale, out,
+               overwrite):
     """Export FAMILY to ONNX graphs + manifest, each checked against torch."""
-    manifest = _export(family, model, variant, random_weights, resolution, dynamic_resolution, out, overwrite)
+    manifest = _export(family, model, variant, random_weights, resolution, dynamic_resolution, lora, lora_scale, out,
+                       overwrite)
     _print_table([(out, manifest)])
 
 
@@ -165,12 +172,13 @@ def compile_cmd(artifact, out, **kwargs):
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False),
               help="Writes OUT/exported and OUT/<target>-<precision>.")
 @click.option("--overwrite", is_flag=True)
-def build(family, model, variant, random_weights, resolution, dynamic_resolution, out, overwrite, **kwargs):
+def build(family, model, variant, random_weights, resolution, dynamic_resolution, lora, lora_scale, out, overwrite,
+          **kwargs):
     """Export FAMILY and compile it in one go."""
     out = Path(out)
     common, options = _compile_settings(kwargs)
-    exported = _export(family, model, variant, random_weights, resolution, dynamic_resolution, out / "exported",
-                       overwrite)
+    exported = _export(family, model, variant, random_weights, resolution, dynamic_resolution, lora, lora_scale,
+                       out / "exported", overwrite)
     compiled_dir = out / f"{common['target']}-{common['precision']}"
     compiled = _compile(out / "exported", compiled_dir, options, overwrite=overwrite, **common)
     _print_table([(out / "exported", exported), (compiled_dir, compiled)])
@@ -273,7 +281,18 @@ def _box(ctx, param, value):
 
 @main.command()
 @click.argument("artifact", type=click.Path())
-@click.option("--image", type=click.Path(dir_okay=False), help="Image to segment.")
+@click.option("--prompt", help="sd15/sdxl: text to draw (writes one PNG to -o).")
+@click.option("--negative-prompt", help="sd15/sdxl: what to steer away from (classifier-free guidance).")
+@click.option("--steps", type=int, help="sd15/sdxl: denoising steps (default: the artifact's, e.g. 30; turbo 1).")
+@click.option("--guidance", type=float, help="sd15/sdxl: guidance scale; <= 1 turns guidance off.")
+@click.option("--seed", type=int, default=0, show_default=True, help="sd15/sdxl: noise seed; a seed reproduces its image.")
+@click.option("--height", type=int, help="sd15/sdxl: image height in pixels (default: the model's).")
+@click.option("--width", type=int, help="sd15/sdxl: image width in pixels (default: the model's).")
+@click.option("--scheduler", type=click.Choice(["ddim", "euler", "lcm"]), help="sd15/sdxl (default: the checkpoint's).")
+@click.option("--strength", type=float, default=0.8, show_default=True,
+              help="sd15/sdxl with --image: how far the image is noised before denoising (0-1].")
+@click.option("--image", type=click.Path(dir_okay=False),
+              help="Image to segment (SAM 2), or the start image of image-to-image (with --prompt).")
 @click.option("--video", type=click.Path(), help="Directory of frames, or a video file (needs imageio[ffmpeg]).")
 @click.option("--point", "points", multiple=True, callback=_xy, help="Foreground point X,Y (repeatable).")
 @click.option("--background-point", "background", multiple=True, callback=_xy,
@@ -282,11 +301,20 @@ def _box(ctx, param, value):
 @click.option("--single-mask", is_flag=True, help="One mask instead of the best of three candidates.")
 @click.option("-o", "--out", required=True, type=click.Path(),
               help="Overlay PNG (--image) or a directory of per-frame overlays (--video).")
-def run(artifact, image, video, points, background, box, single_mask, out):
-    """Prompt a SAM 2 ARTIFACT on an image or a video and write mask overlays."""
+def run(artifact, prompt, negative_prompt, steps, guidance, seed, height, width, scheduler, strength, image, video,
+        points, background, box, single_mask, out):
+    """Prompt a SAM 2 ARTIFACT on an image or a video and write mask overlays, or draw --prompt with an
+    sd15 / sdxl ARTIFACT and write the image."""
     from edgefm.errors import EdgefmError
     from edgefm.run_job import run_image, run_video
 
+    if prompt is not None:
+        if video or points or background or box or single_mask:
+            raise EdgefmError("--prompt draws with a diffusion artifact; --video, --point, --background-point, --box "
+                              "and --single-mask are SAM 2 options")
+        _text_to_image(artifact, out, prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
+                       seed=seed, height=height, width=width, scheduler=scheduler, image=image, strength=strength)
+        return
     if (image is None) == (video is None):
         raise EdgefmError("give exactly one of --image IMG or --video DIR_OR_FILE")
     prompt_points, labels = list(points) + list(background), [1] * len(points) + [0] * len(background)
@@ -300,18 +328,37 @@ def run(artifact, image, video, points, background, box, single_mask, out):
                f"(best of {summary['candidates']}); overlay in {out}")
 
 
+def _text_to_image(artifact, out, **settings):
+    from rich.progress import Progress
+
+    from edgefm.run_job import run_text_to_image
+
+    with Progress(console=_console(), transient=True) as progress:
+        task = progress.add_task("denoising")
+        summary = run_text_to_image(Path(artifact), Path(out), progress=lambda done, total: progress.update(
+            task, completed=done, total=total), **settings)
+    click.echo(f"{summary['width']}x{summary['height']} image, {summary['steps']} steps with {summary['scheduler']}, "
+               f"guidance {summary['guidance']}, seed {summary['seed']}, {summary['seconds']:.2f} s "
+               f"({summary['step_ms']:.1f} ms per step); written to {out}")
+
+
 @main.command()
 @click.option("-o", "--out", default="edgefm-demo", show_default=True, type=click.Path(file_okay=False))
 def demo(out):
-    """The main job, offline: tiny CLIP, DINOv2 and SAM 2 -> ONNX -> ONNX Runtime and OpenVINO
-    fp32/fp16/int8/int4, validated and timed, plus a picture of SAM 2's masks per precision."""
-    from edgefm.demo import run_demo, sam2_mask_grid
+    """The main job, offline: tiny CLIP, DINOv2, SAM 2 and Stable Diffusion 1.5 -> ONNX -> ONNX Runtime and
+    OpenVINO fp32/fp16/int8/int4, validated and timed, plus pictures of SAM 2's masks and SD's images per precision."""
+    from edgefm.demo import run_demo, sam2_mask_grid, sd_image_grid
 
     rows, latencies = run_demo(Path(out), log=_log)
     _print_table(rows, latencies)
-    compiled_sam2 = [d for d, m in rows if m.family == "sam2" and m.stage == "compiled"]
-    picture = sam2_mask_grid(Path(out) / "sam2" / "exported", compiled_sam2, Path(out) / "sam2" / "masks-by-precision.png")
+
+    def compiled(family: str) -> list[Path]:
+        return [d for d, m in rows if m.family == family and m.stage == "compiled"]
+
+    picture = sam2_mask_grid(Path(out) / "sam2" / "exported", compiled("sam2"), Path(out) / "sam2" / "masks-by-precision.png")
     click.echo(f"SAM 2 masks by precision (red: differs from the export's mask): {picture}")
+    picture = sd_image_grid(Path(out) / "sd15" / "exported", compiled("sd15"), Path(out) / "sd15" / "images-by-precision.png")
+    click.echo(f"Stable Diffusion images by precision (PSNR vs the export's image): {picture}")
     _exit_on_gate(*[m for _, m in rows], strict=True)
 
 

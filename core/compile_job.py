@@ -119,7 +119,7 @@ class _Context:
         gates = self.family.gates(name, precision.value)
         work = self.out_dir / ".work" / f"{name}-{precision.value}"
         attempts = []
-        for index, scheme in enumerate(self.target.schemes(precision, self.options)):
+        for index, scheme in enumerate(self.target.schemes(precision, self.options, entry)):
             attempt_dir = work / str(index)
             attempt_dir.mkdir(parents=True)
             self.log(f"{name}: {self.target.name} {precision.value} scheme {scheme.name}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-DEMO_MODELS = [("clip", "tiny"), ("dinov2", "tiny"), ("sam2", "tiny")]
+DEMO_MODELS = [("clip", "tiny"), ("dinov2", "tiny"), ("sam2", "tiny"), ("sd15", "tiny")]
 DEMO_TARGETS = ["onnxruntime", "openvino"]
 DEMO_PRECISIONS = ["fp32", "fp16", "int8", "int4"]
 
@@ -64,7 +64,34 @@ def sam2_mask_grid(exported: Path, directories: list[Path], path: Path) -> Path:
         draw.rectangle([0, 0, 255, 16], fill=(0, 0, 0))
         draw.text((4, 3), f"{directory.name}  IoU {mask_iou(mask, want):.3f}", fill=(255, 255, 0))
         tiles.append(tile)
-    columns = 3
+    return _grid(tiles, path)
+
+
+def sd_image_grid(exported: Path, directories: list[Path], path: Path, prompt: str = "a photo of an astronaut",
+                  seed: int = 0) -> Path:
+    """One prompt and seed through the Stable Diffusion export and each compiled artifact: a tile per
+    artifact with its PSNR against the export's image (random tiny weights draw abstract images)."""
+    from PIL import Image, ImageDraw
+
+    import edgefm
+    from edgefm.compare import psnr
+    from edgefm.runtimes.diffusion import to_pil
+
+    tiles, want = [], None
+    for directory in [exported, *directories]:
+        image = edgefm.load(directory).generate(prompt, seed=seed)
+        want = image if want is None else want
+        tile = to_pil(image)[0].resize((256, 256), Image.Resampling.NEAREST)
+        draw = ImageDraw.Draw(tile)
+        draw.rectangle([0, 0, 255, 16], fill=(0, 0, 0))
+        draw.text((4, 3), f"{directory.name}  PSNR {min(psnr(image, want), 99.9):.1f} dB", fill=(255, 255, 0))
+        tiles.append(tile)
+    return _grid(tiles, path)
+
+
+def _grid(tiles: list, path: Path, columns: int = 3) -> Path:
+    from PIL import Image
+
     grid = Image.new("RGB", (256 * columns, 256 * -(-len(tiles) // columns)))
     for index, tile in enumerate(tiles):
         grid.paste(tile, (256 * (index % columns), 256 * (index // columns)))

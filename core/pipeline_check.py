@@ -1,8 +1,9 @@
-"""End-to-end check of a compiled artifact, for families whose task chains several graphs (SAM 2).
+"""End-to-end check of a compiled artifact, for families whose task chains several graphs (SAM 2, SD).
 
 Per-component gates cannot see how errors compound through a pipeline (a decoder's small logit
-error flips mask pixels; memory errors build up frame after frame). Once every component is
-compiled (one that cannot reach its own gate in the asked precision is kept in fp32), the family's
+error flips mask pixels; memory errors build up frame after frame; UNet errors add up over the
+denoising steps). Once every component is compiled (one that cannot reach its own gate in the
+asked precision, or that the family pins, is kept in fp32), the family's
 pipeline runs on the compiled artifact and on the fp32 export and must pass the family's pipeline
 gates. If it does not, reduced-precision components go back to fp32 one at a time, each time the
 one whose fp32 version helps most, until it passes; the manifest records which ones, why, and
@@ -25,9 +26,13 @@ def check_pipeline(context) -> tuple[dict, dict]:
     precision = context.precision.value
     gates = context.family.pipeline_gates(precision)
     trial_root = context.out_dir / ".work" / "pipeline"
-    kept_fp32: dict[str, str] = {}  # component -> why
+    kept_fp32 = context.family.keep_fp32(context.source, precision)  # component -> why
     compiled, fp32 = {}, {}
     for name in context.source.components:
+        if name in kept_fp32:
+            context.log(f"{name}: kept in fp32 ({kept_fp32[name]})")
+            compiled[name] = fp32[name] = context.compile_component(name, Precision.FP32)
+            continue
         try:
             compiled[name] = context.compile_component(name, context.precision)
         except GateError as exc:

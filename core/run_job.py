@@ -91,3 +91,34 @@ def run_video(artifact_dir: Path, source: Path, points, labels, box, out: Path,
         log(f"frame {index}: object score {result.object_score:.3f}, mask {int(result.mask.sum())} px")
     return {"frames": count, "fps": count / seconds if seconds else 0.0, "object_visible_frames": visible}
 
+
+def run_text_to_image(artifact_dir: Path, out: Path, prompt: str, negative_prompt: str | None = None,
+                      steps: int | None = None, guidance: float | None = None, seed: int = 0,
+                      height: int | None = None, width: int | None = None, scheduler: str | None = None,
+                      image: Path | None = None, strength: float = 0.8,
+                      progress: Callable[[int, int], None] | None = None) -> dict:
+    """Draw one image with a Stable Diffusion artifact (image to image when `image` is given); write it to `out`."""
+    import edgefm
+    from edgefm.runtimes.diffusion import to_pil
+
+    artifact = edgefm.load(artifact_dir)
+    if not hasattr(artifact, "generate"):
+        raise EdgefmError(f"--prompt draws with sd15 / sdxl artifacts; {artifact_dir} is {artifact.manifest.family}")
+    task = artifact.task
+    settings = {"steps": task["defaults"]["steps"] if steps is None else steps,
+                "guidance": task["defaults"]["guidance"] if guidance is None else guidance,
+                "height": height or task["default_size"], "width": width or task["default_size"],
+                "scheduler": scheduler or task["scheduler"]["default"], "seed": seed}
+    ran = []
+
+    def step(done: int, total: int) -> None:
+        ran.append(done)
+        if progress:
+            progress(done, total)
+
+    start = time.perf_counter()
+    images = artifact.generate(prompt, negative_prompt, image=image, strength=strength, progress=step, **settings)
+    seconds = time.perf_counter() - start
+    Path(out).parent.mkdir(parents=True, exist_ok=True)  # only once the image exists
+    to_pil(images)[0].save(out)
+    return {**settings, "steps": len(ran), "seconds": seconds, "step_ms": 1000 * seconds / max(len(ran), 1)}

@@ -36,6 +36,8 @@ class ExportOptions:
     resolution: int | None = None  # image families with a free input size (DINOv2)
     dynamic_resolution: bool = False
     seed: int = 0  # seed for random weights of presets
+    lora: str | None = None  # LoRA weights fused into the model before export (diffusion families)
+    lora_scale: float = 1.0
 
 
 @dataclass
@@ -76,6 +78,7 @@ class ModelFamily:
     variants: dict[str, Variant] = {}
     component_names: tuple[str, ...] = ()
     supports_resolution: bool = False
+    supports_lora: bool = False
 
     def resolve(self, model: str | None, variant: str | None, random_weights: bool = False) -> Source:
         if (model is None) == (variant is None):
@@ -96,6 +99,8 @@ class ModelFamily:
     def check_options(self, options: ExportOptions) -> None:
         if not self.supports_resolution and (options.resolution or options.dynamic_resolution):
             raise EdgefmError(f"--resolution / --dynamic-resolution do not apply to {self.name}")
+        if not self.supports_lora and options.lora:
+            raise EdgefmError(f"--lora applies to the diffusion families (sd15, sdxl), not {self.name}")
 
     # What each family implements -------------------------------------------------------------
     def load(self, source: Source, options: ExportOptions) -> LoadedModel:
@@ -111,6 +116,10 @@ class ModelFamily:
     def gates(self, component: str, precision: str) -> dict[str, float]:
         """Accuracy gates for a compiled component vs the fp32 export: metric -> minimum value."""
         raise NotImplementedError
+
+    def keep_fp32(self, manifest, precision: str) -> dict[str, str]:
+        """Components a compile in `precision` keeps in fp32 before measuring anything: {component: why}."""
+        return {}
 
     def pipeline_gates(self, precision: str) -> dict[str, float]:
         """Gates of the end-to-end task check of a compiled artifact (its recipe's `pipeline_checks`);

@@ -40,7 +40,7 @@ VARIANTS = {v.name: v for v in [
 ]}
 
 
-def preset_tokenizer():
+def preset_tokenizer(**kwargs):
     """A byte-level CLIP BPE tokenizer with no merges, written here so presets work offline.
 
     The real CLIP vocabulary cannot be downloaded here; this one has CLIP's special tokens and byte
@@ -54,7 +54,7 @@ def preset_tokenizer():
     vocab.update({c + "</w>": len(alphabet) + i for i, c in enumerate(alphabet)})
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[])
+    return CLIPTokenizer(vocab=vocab, merges=[], **kwargs)
 
 
 def _wrappers(model):

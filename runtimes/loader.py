@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import importlib
+import json
+import weakref
 from pathlib import Path
 
 from edgefm.manifest import ComponentEntry, Manifest
@@ -24,10 +26,22 @@ class Artifact:
         return f"<{type(self).__name__} {self.manifest.family} from {self.directory}: {sorted(self.sessions)}>"
 
 
+_OPEN: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
 def open_session(directory: Path, entry: ComponentEntry, name: str, **session_options) -> Session:
-    """One component's session, through the runtime module its manifest entry names."""
-    runtime = importlib.import_module(f"edgefm.runtimes.{entry.runtime}")
-    return runtime.open_session(Path(directory) / entry.file, entry, name, **session_options)
+    """One component's session, through the runtime module its manifest entry names.
+
+    Sessions are shared while someone holds them: a compile's reference, its calibration and its
+    end-to-end check each load the fp32 export, which for SD 1.5 would otherwise be 4.7 GB apiece."""
+    path = (Path(directory) / entry.file).resolve()
+    key = (str(path), entry.sha256, entry.runtime, name, json.dumps(entry.options, sort_keys=True, default=str),
+           repr(sorted(session_options.items())))
+    session = _OPEN.get(key)
+    if session is None:
+        runtime = importlib.import_module(f"edgefm.runtimes.{entry.runtime}")
+        session = _OPEN[key] = runtime.open_session(Path(directory) / entry.file, entry, name, **session_options)
+    return session
 
 
 def open_sessions(directory: Path, manifest: Manifest, **session_options) -> dict[str, Session]:

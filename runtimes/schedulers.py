@@ -88,6 +88,11 @@ class DDIM:
         self.timesteps = _spaced_timesteps(config, steps).round().astype(np.int64)  # linspace ones get rounded
         self.stride = len(self.alphas) // steps
 
+    def add_noise(self, sample: np.ndarray, noise: np.ndarray, index: int) -> np.ndarray:
+        """Image to image: the clean latents noised to the timestep the loop starts at."""
+        alpha = float(self.alphas[int(self.timesteps[index])])
+        return (alpha ** 0.5 * sample + (1 - alpha) ** 0.5 * noise).astype(np.float32)
+
     def scale_model_input(self, sample: np.ndarray, index: int) -> np.ndarray:
         return sample
 
@@ -124,6 +129,9 @@ class Euler:
         leading = config.get("timestep_spacing", "leading") == "leading"
         self.init_noise_sigma = (top ** 2 + 1) ** 0.5 if leading else top
 
+    def add_noise(self, sample: np.ndarray, noise: np.ndarray, index: int) -> np.ndarray:
+        return (sample + noise * self.sigmas[index]).astype(np.float32)
+
     def scale_model_input(self, sample: np.ndarray, index: int) -> np.ndarray:
         return (sample / (float(self.sigmas[index]) ** 2 + 1) ** 0.5).astype(np.float32)
 
@@ -154,6 +162,8 @@ class LCM:
         self.final_alpha = _final_alpha(config, self.alphas)
         distilled = (np.arange(1, original + 1) * (len(self.alphas) // original) - 1)[::-1]
         self.timesteps = distilled[np.floor(np.linspace(0, original, steps, endpoint=False)).astype(np.int64)]
+
+    add_noise = DDIM.add_noise
 
     def scale_model_input(self, sample: np.ndarray, index: int) -> np.ndarray:
         return sample

@@ -55,7 +55,8 @@ class Target:
                 return f"{exc.name} is not installed (pip install 'edgefm[build]')"
         return None
 
-    def schemes(self, precision: Precision, options) -> list[Scheme]:
+    def schemes(self, precision: Precision, options, entry=None) -> list[Scheme]:
+        """The ladder for one component (its exported manifest `entry`), most aggressive first."""
         raise NotImplementedError
 
     def compile(self, request: CompileRequest, options) -> str:

@@ -66,7 +66,7 @@ class OpenVinoTarget(Target):
     options_class = OpenVinoOptions
     requires = ("openvino", "nncf")
 
-    def schemes(self, precision: Precision, options: OpenVinoOptions) -> list[Scheme]:
+    def schemes(self, precision: Precision, options: OpenVinoOptions, entry=None) -> list[Scheme]:
         import openvino as ov
 
         from edgefm.runtimes.openvino import check_device

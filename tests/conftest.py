@@ -17,20 +17,20 @@ def work(tmp_path_factory):
     return tmp_path_factory.mktemp("artifacts")
 
 
-@pytest.fixture(scope="session")
-def clip_exported(work):
-    from edgefm.export_job import export
+def _exported(family: str):
+    """A session fixture: the family's tiny preset exported once, to work/<family>."""
+    @pytest.fixture(scope="session", name=f"{family}_exported")
+    def exported(work):
+        from edgefm.export_job import export
 
-    export("clip", work / "clip", variant="tiny", log=_quiet)
-    return work / "clip"
+        export(family, work / family, variant="tiny", log=_quiet)
+        return work / family
+
+    return exported
 
 
-@pytest.fixture(scope="session")
-def dinov2_exported(work):
-    from edgefm.export_job import export
-
-    export("dinov2", work / "dinov2", variant="tiny", log=_quiet)
-    return work / "dinov2"
+clip_exported, dinov2_exported, sam2_exported, sd15_exported, sdxl_exported = (
+    _exported(family) for family in ("clip", "dinov2", "sam2", "sd15", "sdxl"))
 
 
 @pytest.fixture(scope="session")
@@ -68,14 +68,6 @@ def photos():
 
 
 @pytest.fixture(scope="session")
-def sam2_exported(work):
-    from edgefm.export_job import export
-
-    export("sam2", work / "sam2", variant="tiny", log=_quiet)
-    return work / "sam2"
-
-
-@pytest.fixture(scope="session")
 def sam2_tiny():
     """(family, loaded torch model) of the SAM 2 tiny preset: the weights sam2_exported was made from."""
     from edgefm import registry
@@ -89,3 +81,20 @@ def sam2_tiny():
 def sam2_fp32(request, sam2_exported, compiled):
     """The SAM 2 pipelines must match transformers in fp32 on both targets."""
     return sam2_exported if request.param == "onnxruntime-export" else compiled("sam2", "fp32", "openvino")
+
+
+@pytest.fixture(scope="session")
+def diffusers_tiny():
+    """diffusers_tiny(family) -> (family, loaded torch modules and tokenizers): the weights *_exported came from."""
+    from edgefm import registry
+    from edgefm.exporters.base import ExportOptions
+
+    made = {}
+
+    def get(name: str):
+        if name not in made:
+            family = registry.family(name)
+            made[name] = family, family.load(family.resolve(None, "tiny"), ExportOptions())
+        return made[name]
+
+    return get

@@ -138,3 +138,17 @@ def test_bad_images_are_explained(dinov2_exported, tmp_path):
         artifact.embed([np.zeros((10, 10, 3), np.float32)])
     with pytest.raises(FeedError, match="no images"):
         artifact.embed([])
+
+
+def test_sessions_are_shared_while_held_and_big_graphs_release_memory(dinov2_exported, monkeypatch):
+    from edgefm.runtimes import onnxruntime as ort_runtime
+
+    first, again = edgefm.load(dinov2_exported), edgefm.load(dinov2_exported)
+    assert again["image_encoder"] is first["image_encoder"]  # one copy of the weights in memory
+    assert edgefm.load(dinov2_exported, threads=1)["image_encoder"] is not first["image_encoder"]
+    assert first["image_encoder"]._session.get_session_options().enable_cpu_mem_arena  # small graph: arena kept
+    monkeypatch.setattr(ort_runtime, "ARENA_MAX_MIB", 0)
+    big = edgefm.load(dinov2_exported, threads=3)["image_encoder"]  # options no other test uses: a new session
+    assert not big._session.get_session_options().enable_cpu_mem_arena
+    forced = edgefm.load(dinov2_exported, memory_arena=True)["image_encoder"]
+    assert forced._session.get_session_options().enable_cpu_mem_arena

@@ -45,6 +45,20 @@ def test_scheduler_matches_diffusers(name, spacing, prediction, steps, monkeypat
         _close(sample, expected.numpy())
 
 
+@pytest.mark.parametrize("name", ["ddim", "euler", "lcm"])
+@pytest.mark.parametrize("start", [0, 2, 3])
+def test_add_noise_matches_diffusers(name, start):
+    """Image to image: clean latents noised to the step the loop starts at (diffusers' begin index)."""
+    ours, theirs = make_scheduler(name, SD15, 4), REFERENCE[name].from_config(SD15)
+    theirs.set_timesteps(4)
+    if hasattr(theirs, "set_begin_index"):
+        theirs.set_begin_index(start)
+    rng = np.random.default_rng()
+    sample, noise = (rng.standard_normal((1, 4, 8, 8)).astype(np.float32) for _ in range(2))
+    want = theirs.add_noise(torch.from_numpy(sample), torch.from_numpy(noise), theirs.timesteps[start:start + 1])
+    _close(ours.add_noise(sample, noise, start), want.numpy())
+
+
 def _close(got: np.ndarray, want: np.ndarray) -> None:
     """float32 agreement relative to the tensor's scale (elements near 0 come from cancellation)."""
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))

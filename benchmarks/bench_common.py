@@ -1,0 +1,36 @@
+"""What the per-model benchmark scripts share: a median timer and the bar-chart picture of their rows."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def median_ms(call, iters: int) -> float:
+    """Median wall time of `call` in ms over `iters` runs, after one untimed warm-up run."""
+    call()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1e3)
+    return float(np.median(times))
+
+
+def bar_panels(rows: list[dict], panels: list[tuple[str, str]], title: str, path: Path) -> None:
+    """One bar chart per (row key, panel title), engines on the x axis; the first row (torch) in grey."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5))
+    names = [r["engine"] for r in rows]
+    for ax, (key, panel) in zip(axes, panels):
+        ax.bar(names, [r[key] for r in rows], color=["#888"] + ["#1e90ff"] * (len(rows) - 1))
+        ax.set_title(panel, fontsize=10)
+        ax.tick_params(axis="x", labelrotation=25, labelsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
