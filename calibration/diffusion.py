@@ -2,7 +2,8 @@
 
 Text encoders calibrate on prompts. The UNet sees what it sees in use: its inputs are captured
 from the fp32 export's own text-to-image loop, at every step of a schedule spread over the noise
-levels, with guidance (batch of [negative, positive]); the VAE decoder gets the final latents of
+levels, with the artifact's default guidance (a batch of [negative, positive]; Turbo: positive
+only); the VAE decoder gets the final latents of
 those runs and the VAE encoder the photos. End to end, the compiled artifact's images are compared
 with the fp32 export's (same prompts, seeds and steps) by PSNR.
 """

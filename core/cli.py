@@ -339,7 +339,7 @@ def _text_to_image(artifact, out, **settings):
             task, completed=done, total=total), **settings)
     click.echo(f"{summary['width']}x{summary['height']} image, {summary['steps']} steps with {summary['scheduler']}, "
                f"guidance {summary['guidance']}, seed {summary['seed']}, {summary['seconds']:.2f} s "
-               f"({summary['step_ms']:.1f} ms per step); written to {out}")
+               f"({summary['step_ms']:.1f} ms per step, encoders and decoder included); written to {out}")
 
 
 @main.command()

@@ -161,5 +161,6 @@ class _Context:
         return dataclasses.replace(
             entry, file=file, sha256=sha256_file(directory / file), runtime=self.target.runtime,
             target=self.target.name, precision=precision.value, data_files=data_files,
-            options={**entry.options, "compile": {"scheme": scheme.name, **scheme.params,
-                                                  **dataclasses.asdict(self.options)}})
+            # the scheme's parameters are what was applied: they win over the target's option of the same name
+            options={**entry.options, "compile": {**dataclasses.asdict(self.options), "scheme": scheme.name,
+                                                  **scheme.params}})

@@ -62,14 +62,21 @@ class DiffusionFamily(ModelFamily):
 
         modules, tokenizers, scheduler, pipeline_config = (
             self._preset(source, options) if source.random_weights else self._checkpoint(source))
-        if modules["unet"].config.get("time_cond_proj_dim"):
+        unet, vae = modules["unet"].config, modules["vae"].config
+        if unet.get("time_cond_proj_dim"):
             raise EdgefmError("this UNet embeds the guidance scale (time_cond_proj_dim, e.g. LCM-distilled "
                               "checkpoints); edgefm exports UNets of the base architecture: use the base model "
                               "with an LCM-LoRA (--lora) and the lcm scheduler instead")
+        if unet.in_channels != vae.latent_channels:
+            raise EdgefmError(f"this UNet takes {unet.in_channels} input channels, not the VAE's {vae.latent_channels} "
+                              "latent channels (an inpainting or depth checkpoint?); edgefm exports text-to-image "
+                              "UNets only")
         model = torch.nn.ModuleDict(modules).eval()
         if options.lora:
             self._fuse_lora(model, tokenizers, options)
-        defaults = self.variants[source.variant].config.get("defaults") if source.variant else None
+        # --model with a known hub id (e.g. stabilityai/sdxl-turbo) gets that variant's step / guidance defaults
+        variant = source.variant or next((v.name for v in self.variants.values() if v.hub_id == source.id), None)
+        defaults = self.variants[variant].config.get("defaults") if variant else None
         extra = {"scheduler": scheduler, "pipeline_config": pipeline_config,
                  "defaults": defaults or {"steps": 30, "guidance": self.default_guidance}}
         return LoadedModel(model, tokenizers, weights_sha256(model), extra)
@@ -189,7 +196,8 @@ class DiffusionFamily(ModelFamily):
         found.append(Component(
             "vae_decoder", modules["vae_decoder"], [TensorSpec("latent", "float32", latent_shape)],
             [TensorSpec("image", "float32", ("batch", 3, "height", "width"))],
-            _latent_inputs(vae.config.scaling_factor), {"batch": 2, "latent_height": 2, "latent_width": 3},
+            _latent_inputs(vae.config.latent_channels, vae.config.scaling_factor),
+            {"batch": 2, "latent_height": 2, "latent_width": 3},
             [{"batch": 1, "latent_height": 2 * multiple, "latent_width": 2 * multiple},
              {"batch": 3, "latent_height": 3, "latent_width": 5}],
             {"batch": {"default": 1}, "latent_height": {"default": default}, "latent_width": {"default": default}}))
@@ -220,16 +228,20 @@ class DiffusionFamily(ModelFamily):
                           "pad_id": int(tokenizer.pad_token_id)}
         checkpoint_scheduler = scheduler.get("_class_name", "DDIMScheduler")
         config = {k: v for k, v in scheduler.items() if not k.startswith("_")}
+        default = SCHEDULER_NAMES.get(checkpoint_scheduler, "ddim")
+        if default == "ddim" and checkpoint_scheduler != "DDIMScheduler":
+            config.setdefault("clip_sample", False)  # DDIM's own default (clip x0 to +-1) is not the stand-in's
         (out_dir / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2) + "\n")
         unet, vae = model["unet"].config, model["vae"].config
         scale = 2 ** (len(vae.block_out_channels) - 1)
         return {"text": text, "xl": self.xl, "defaults": loaded.extra["defaults"],
-                "scheduler": {"default": SCHEDULER_NAMES.get(checkpoint_scheduler, "ddim"),
+                "scheduler": {"default": default,
                               "checkpoint": checkpoint_scheduler, "config": config},
-                "latent_channels": unet.in_channels, "vae_scale_factor": scale,
+                "latent_channels": vae.latent_channels, "vae_scale_factor": scale,
                 "latent_multiple": 2 ** (len(unet.block_out_channels) - 1),
                 "default_size": unet.sample_size * scale, "vae_scaling_factor": float(vae.scaling_factor),
-                "vae_force_upcast": bool(vae.get("force_upcast", False)),
+                # only diffusers' SDXL pipelines read force_upcast (AutoencoderKL defaults it to True for any VAE)
+                "vae_force_upcast": self.xl and bool(vae.get("force_upcast", False)),
                 "force_zeros_for_empty_prompt": bool(
                     loaded.extra["pipeline_config"].get("force_zeros_for_empty_prompt", self.xl)),
                 "lora": {"path": str(Path(options.lora).resolve()), "scale": options.lora_scale} if options.lora else None}
@@ -241,8 +253,8 @@ class DiffusionFamily(ModelFamily):
     def keep_fp32(self, manifest, precision: str) -> dict[str, str]:
         if precision != "fp16" or not manifest.task["vae_force_upcast"]:
             return {}
-        why = ("the checkpoint's VAE config sets force_upcast: its activations overflow fp16 (NaN / black images), "
-               "so diffusers runs it in fp32 too; a VAE fixed for fp16 sets force_upcast false")
+        why = ("the SDXL VAE config sets force_upcast: its activations overflow fp16 (NaN / black images), so "
+               "diffusers' SDXL pipelines run it in fp32 too; a VAE fixed for fp16 sets force_upcast false")
         return {"vae_encoder": why, "vae_decoder": why}
 
     def pipeline_gates(self, precision: str) -> dict[str, float]:
@@ -281,9 +293,9 @@ def _pixel_inputs(rng: np.random.Generator, dims: dict) -> dict:
     return {"image": rng.uniform(-1, 1, (dims["batch"], 3, dims["height"], dims["width"])).astype(np.float32)}
 
 
-def _latent_inputs(scaling_factor: float):
+def _latent_inputs(channels: int, scaling_factor: float):
     def make(rng: np.random.Generator, dims: dict) -> dict:
-        shape = (dims["batch"], 4, dims["latent_height"], dims["latent_width"])
+        shape = (dims["batch"], channels, dims["latent_height"], dims["latent_width"])
         return {"latent": (rng.standard_normal(shape, dtype=np.float32) / scaling_factor).astype(np.float32)}
 
     return make

@@ -3,9 +3,9 @@
 The loop is diffusers' StableDiffusionPipeline / StableDiffusionXLPipeline: prompts through the
 text encoder(s) (SDXL: penultimate hidden states side by side, the pooled embedding and six time
 ids), classifier-free guidance as one batch of [negative, positive], the scheduler stepping the
-latents, and the VAE decoder. Noise comes from a numpy Generator seeded by `seed`, so a seed
-reproduces its image on every runtime and precision (but not diffusers' torch generator: pass
-`latents=` to start from the same noise as another implementation).
+latents, and the VAE decoder. Noise comes from a numpy Generator seeded by `seed`, so a seed gives
+the same noise on every runtime and precision (the same image up to what the precision changes),
+but not diffusers' torch noise: pass `latents=` to start from the same noise as another implementation.
 """
 from __future__ import annotations
 
@@ -70,8 +70,12 @@ class DiffusionArtifact(Artifact):
         return feeds
 
     # -- checks ---------------------------------------------------------------------------------
-    def _size(self, height: int | None, width: int | None) -> tuple[int, int]:
+    def _size(self, height: int | None, width: int | None, image=None) -> tuple[int, int]:
+        """The requested size; by default the model's, or with a start image its size rounded down to the step."""
         default, step = self.task["default_size"], self.task["vae_scale_factor"] * self.task["latent_multiple"]
+        if image is not None:
+            image = as_pil(image)
+            height, width = height or max(image.height // step, 1) * step, width or max(image.width // step, 1) * step
         height, width = height or default, width or default
         for name, value in (("height", height), ("width", width)):
             if not isinstance(value, (int, np.integer)) or value < step or value % step:
@@ -93,8 +97,9 @@ class DiffusionArtifact(Artifact):
                  progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Images [N, H, W, 3] as float32 in [0, 1], one per prompt.
 
-        `image` (a path, PIL image or uint8 array) turns this into image to image: it is encoded,
-        noised to `strength` (0 < strength <= 1) and denoised in the last steps * strength steps."""
+        `image` (a path, PIL image or uint8 array) turns this into image to image: it is encoded (at its
+        own size rounded down to the model's step unless height / width are given), noised to
+        `strength` (0 < strength <= 1) and denoised in the last steps * strength steps."""
         prompts = _prompts(prompt, "prompt")
         negatives = None if negative_prompt is None else _prompts(negative_prompt, "negative_prompt")
         if negatives is not None and len(negatives) not in (1, len(prompts)):
@@ -103,7 +108,7 @@ class DiffusionArtifact(Artifact):
         defaults = self.task["defaults"]
         steps = defaults["steps"] if steps is None else steps
         guidance = float(defaults["guidance"] if guidance is None else guidance)
-        height, width = self._size(height, width)
+        height, width = self._size(height, width, image)
         sampler = self._scheduler(scheduler, steps)
         rng = np.random.default_rng(seed)
         shape = (len(prompts), self.task["latent_channels"], height // self.task["vae_scale_factor"],
@@ -147,12 +152,13 @@ class DiffusionArtifact(Artifact):
         return np.clip(image / 2 + 0.5, 0.0, 1.0).transpose(0, 2, 3, 1).astype(np.float32)
 
     def encode_image(self, image, height: int, width: int, rng: np.random.Generator, count: int = 1) -> np.ndarray:
-        """An image -> scaled latents [count, C, h, w], sampled from the VAE's latent distribution."""
+        """An image -> scaled latents [count, C, h, w]: encoded once, sampled `count` times from the VAE's
+        latent distribution."""
         pil = as_pil(image).resize((width, height), Image.Resampling.LANCZOS)
         pixels = (np.asarray(pil, np.float32) / 127.5 - 1.0).transpose(2, 0, 1)[None]
-        out = self["vae_encoder"].run({"image": np.repeat(pixels, count, 0)})
-        std = np.exp(0.5 * out["latent_logvar"])
-        sample = out["latent_mean"] + std * rng.standard_normal(std.shape, dtype=np.float32)
+        out = self["vae_encoder"].run({"image": pixels})
+        mean, std = (np.repeat(x, count, 0) for x in (out["latent_mean"], np.exp(0.5 * out["latent_logvar"])))
+        sample = mean + std * rng.standard_normal(std.shape, dtype=np.float32)
         return (sample * np.float32(self.task["vae_scaling_factor"])).astype(np.float32)
 
 

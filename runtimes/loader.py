@@ -32,14 +32,16 @@ _OPEN: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 def open_session(directory: Path, entry: ComponentEntry, name: str, **session_options) -> Session:
     """One component's session, through the runtime module its manifest entry names.
 
-    Sessions are shared while someone holds them: a compile's reference, its calibration and its
-    end-to-end check each load the fp32 export, which for SD 1.5 would otherwise be 4.7 GB apiece."""
-    path = (Path(directory) / entry.file).resolve()
-    key = (str(path), entry.sha256, entry.runtime, name, json.dumps(entry.options, sort_keys=True, default=str),
-           repr(sorted(session_options.items())))
+    Sessions of runtimes that can share them (ONNX Runtime: `run` is thread-safe) are shared while
+    someone holds them: a compile's reference, its calibration and its end-to-end check each load
+    the fp32 export, which for SD 1.5 would otherwise be 4.7 GB apiece."""
+    runtime = importlib.import_module(f"edgefm.runtimes.{entry.runtime}")
+    if not getattr(runtime, "SHARED_SESSIONS", False):
+        return runtime.open_session(Path(directory) / entry.file, entry, name, **session_options)
+    key = (str((Path(directory) / entry.file).resolve()), tuple(sorted(entry.files().items())), name,
+           json.dumps(entry.options, sort_keys=True, default=str), repr(sorted(session_options.items())))
     session = _OPEN.get(key)
     if session is None:
-        runtime = importlib.import_module(f"edgefm.runtimes.{entry.runtime}")
         session = _OPEN[key] = runtime.open_session(Path(directory) / entry.file, entry, name, **session_options)
     return session
 

@@ -10,6 +10,7 @@ from edgefm.runtimes.session import Session
 
 
 ARENA_MAX_MIB = 512
+SHARED_SESSIONS = True  # InferenceSession.run is thread-safe: the loader may hand one session to several loads
 
 
 class OnnxRuntimeSession(Session):
@@ -22,9 +23,10 @@ class OnnxRuntimeSession(Session):
         if threads:
             options.intra_op_num_threads = threads
         options.log_severity_level = 3  # keep ORT's per-node warnings out of user output
-        # ORT's CPU arena keeps the peak activation memory for the session's lifetime: +4.6 GB for a 512 px
-        # SD 1.5 UNet + VAE. By default graphs past ARENA_MAX_MIB give it back after each run, measured at
-        # ~12% of a UNet step on 2 cores; memory_arena=True keeps it (faster, the peak stays resident).
+        # ORT's CPU arena keeps the peak activation memory for the session's lifetime (a 512 px SD 1.5 step +
+        # decode left 9.3 GB resident with it, 6.1 GB without). Graphs past ARENA_MAX_MIB of weights give it
+        # back after each run by default, measured at ~12% of a UNet step on 2 cores; memory_arena=True keeps
+        # it. Weights are the proxy: a VAE decoder (~200 MB) keeps its arena despite large activations.
         if memory_arena is None:
             memory_arena = entry.size_mib(Path(path).parent) < ARENA_MAX_MIB
         options.enable_cpu_mem_arena = memory_arena
