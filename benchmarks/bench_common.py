@@ -1,21 +1,16 @@
 """What the per-model benchmark scripts share: a median timer and the bar-chart picture of their rows."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 
+from edgefm.bench import time_calls
+
 
 def median_ms(call, iters: int) -> float:
     """Median wall time of `call` in ms over `iters` runs, after one untimed warm-up run."""
-    call()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(times))
+    return float(np.median(time_calls(call, 1, iters)))
 
 
 def bar_panels(rows: list[dict], panels: list[tuple[str, str]], title: str, path: Path) -> None:

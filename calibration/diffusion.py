@@ -59,15 +59,9 @@ def _capture(directory: Path, prompts: list[str], seed: int) -> dict:
 
 
 def _photos(images: list[Path], size: int) -> list[dict]:
-    from PIL import Image
+    from edgefm.runtimes.diffusion import vae_pixels
 
-    from edgefm.runtimes.preprocess import as_pil
-
-    feeds = []
-    for path in images:
-        pixels = np.asarray(as_pil(path).resize((size, size), Image.Resampling.LANCZOS), np.float32) / 127.5 - 1
-        feeds.append({"image": pixels.transpose(2, 0, 1)[None].astype(np.float32)})
-    return feeds
+    return [{"image": vae_pixels(path, size, size)} for path in images]
 
 
 def feeds(component: str, manifest: Manifest, directory: Path, data: CalibrationData):

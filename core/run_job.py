@@ -104,10 +104,7 @@ def run_text_to_image(artifact_dir: Path, out: Path, prompt: str, negative_promp
     artifact = edgefm.load(artifact_dir)
     if not hasattr(artifact, "generate"):
         raise EdgefmError(f"--prompt draws with sd15 / sdxl artifacts; {artifact_dir} is {artifact.manifest.family}")
-    task = artifact.task
-    settings = {"steps": task["defaults"]["steps"] if steps is None else steps,
-                "guidance": task["defaults"]["guidance"] if guidance is None else guidance,
-                "height": height, "width": width, "scheduler": scheduler or task["scheduler"]["default"], "seed": seed}
+    settings = {**artifact.settings(steps, guidance, scheduler), "height": height, "width": width, "seed": seed}
     ran = []
 
     def step(done: int, total: int) -> None:

@@ -28,6 +28,12 @@ def _prompts(value, what: str) -> list[str]:
     return prompts
 
 
+def vae_pixels(image, height: int, width: int) -> np.ndarray:
+    """An image -> the VAE encoder's input [1, 3, height, width] in [-1, 1] (Lanczos resize, as diffusers)."""
+    pil = as_pil(image).resize((width, height), Image.Resampling.LANCZOS)
+    return (np.asarray(pil, np.float32) / 127.5 - 1.0).transpose(2, 0, 1)[None]
+
+
 def to_pil(images: np.ndarray) -> list[Image.Image]:
     """[N, H, W, 3] floats in [0, 1] -> PIL images (rounded like diffusers' numpy_to_pil)."""
     return [Image.fromarray((image * 255).round().astype(np.uint8)) for image in images]
@@ -84,8 +90,14 @@ class DiffusionArtifact(Artifact):
                                 f"{self.task['latent_multiple']}), e.g. {default}")
         return int(height), int(width)
 
-    def _scheduler(self, name: str | None, steps: int):
-        name = name or self.task["scheduler"]["default"]
+    def settings(self, steps: int | None = None, guidance: float | None = None, scheduler: str | None = None) -> dict:
+        """Steps, guidance and scheduler as asked, the artifact's defaults for what is not given."""
+        defaults = self.task["defaults"]
+        return {"steps": defaults["steps"] if steps is None else steps,
+                "guidance": float(defaults["guidance"] if guidance is None else guidance),
+                "scheduler": scheduler or self.task["scheduler"]["default"]}
+
+    def _scheduler(self, name: str, steps: int):
         if name not in SCHEDULERS:
             raise FeedError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
         return make_scheduler(name, self.task["scheduler"]["config"], steps)
@@ -105,9 +117,8 @@ class DiffusionArtifact(Artifact):
         if negatives is not None and len(negatives) not in (1, len(prompts)):
             raise FeedError(f"give one negative prompt or one per prompt ({len(prompts)}), got {len(negatives)}")
         negatives = negatives * len(prompts) if negatives is not None and len(negatives) == 1 else negatives
-        defaults = self.task["defaults"]
-        steps = defaults["steps"] if steps is None else steps
-        guidance = float(defaults["guidance"] if guidance is None else guidance)
+        chosen = self.settings(steps, guidance, scheduler)
+        steps, guidance, scheduler = chosen["steps"], chosen["guidance"], chosen["scheduler"]
         height, width = self._size(height, width, image)
         sampler = self._scheduler(scheduler, steps)
         rng = np.random.default_rng(seed)
@@ -154,9 +165,7 @@ class DiffusionArtifact(Artifact):
     def encode_image(self, image, height: int, width: int, rng: np.random.Generator, count: int = 1) -> np.ndarray:
         """An image -> scaled latents [count, C, h, w]: encoded once, sampled `count` times from the VAE's
         latent distribution."""
-        pil = as_pil(image).resize((width, height), Image.Resampling.LANCZOS)
-        pixels = (np.asarray(pil, np.float32) / 127.5 - 1.0).transpose(2, 0, 1)[None]
-        out = self["vae_encoder"].run({"image": pixels})
+        out = self["vae_encoder"].run({"image": vae_pixels(image, height, width)})
         mean, std = (np.repeat(x, count, 0) for x in (out["latent_mean"], np.exp(0.5 * out["latent_logvar"])))
         sample = mean + std * rng.standard_normal(std.shape, dtype=np.float32)
         return (sample * np.float32(self.task["vae_scaling_factor"])).astype(np.float32)
