@@ -89,20 +89,20 @@ def extra_checks(component, candidate, reference, manifest, directory, data, gat
     return [Check("finite", finite / total, gates["finite"], detail={"values": total})]
 
 
-def _images(directory: Path, prompts: list[str]) -> np.ndarray:
-    import edgefm
-
-    artifact = edgefm.load(directory)
+def _images(artifact, prompts: list[str]) -> np.ndarray:
     return np.concatenate([artifact.generate(p, steps=CHECK_STEPS, seed=2000 + i) for i, p in enumerate(prompts)])
 
 
-def pipeline_checks(candidate_dir: Path, reference_dir: Path, data, gates: dict) -> list[Check]:
-    """Image PSNR vs the fp32 export on held-out prompts (same seeds, steps, guidance and scheduler)."""
+def pipeline_checks(candidate, reference_dir: Path, data, gates: dict) -> list[Check]:
+    """Image PSNR of the loaded `candidate` artifact vs the fp32 export on held-out prompts (same seeds,
+    steps, guidance and scheduler)."""
+    import edgefm
+
     prompts = data.heldout_prompts[:CHECK_PROMPTS]
     key = ("images", _key(reference_dir), tuple(prompts))
     if key not in _CACHE:
-        _CACHE[key] = _images(reference_dir, prompts)
-    got, ref = _images(candidate_dir, prompts), _CACHE[key]
+        _CACHE[key] = _images(edgefm.load(reference_dir), prompts)
+    got, ref = _images(candidate, prompts), _CACHE[key]
     values = [min(psnr(g, r), 100.0) for g, r in zip(got, ref)]  # identical images: cap inf at 100 dB
     finite = bool(np.isfinite(got).all())
     return [Check("psnr", float(np.mean(values)) if finite else 0.0, gates["psnr"],

@@ -92,13 +92,11 @@ def _reference(reference_dir: Path, photos: list[Path]) -> dict:
     return _REFERENCE[key]
 
 
-def pipeline_checks(candidate_dir: Path, reference_dir: Path, data, gates: dict) -> list[Check]:
-    """Mean mask IoU vs the fp32 export, image and video, at threshold 0 and at the fp32 median logit."""
-    import edgefm
-
+def pipeline_checks(candidate, reference_dir: Path, data, gates: dict) -> list[Check]:
+    """Mean mask IoU of the loaded `candidate` artifact vs the fp32 export, image and video, at
+    threshold 0 and at the fp32 median logit."""
     photos = list(data.heldout_images)
     reference = _reference(reference_dir, photos)
-    candidate = edgefm.load(candidate_dir)
     got = {"image": _image_logits(candidate, photos), "video": _video_logits(candidate, photos[:VIDEO_PHOTOS])}
     checks = []
     for kind in ("image", "video"):

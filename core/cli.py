@@ -98,9 +98,13 @@ def export_cmd(family, model, variant, random_weights, resolution, dynamic_resol
     _print_table([(out, manifest)])
 
 
+def _int_choice(ctx, param, value):
+    return None if value is None else int(value)
+
+
 def _compile_options(f):
     f = click.option("--target", default="onnxruntime", show_default=True,
-                     help="Deployment target: onnxruntime or openvino.")(f)
+                     help="Deployment target: onnxruntime, openvino or coreml.")(f)
     f = click.option("--precision", default="fp32", show_default=True,
                      help="fp32, fp16, int8, int4, or auto (compile each, keep the best that passes its gate).")(f)
     f = click.option("--objective", type=click.Choice(["latency", "size"]),
@@ -115,12 +119,26 @@ def _compile_options(f):
                      help="Weights per int4 scale (default 32).")(f)
     f = click.option("--int4-ratio", type=float, help="openvino: share of linear layers in int4 (default 1.0).")(f)
     f = click.option("--device", help="openvino: CPU (default), GPU or NPU, as OpenVINO lists them.")(f)
+    f = click.option("--deployment-target", type=click.Choice(["ios17", "macos14", "ios18", "macos15"]),
+                     help="coreml: oldest OS to run on (default ios17; ios18 for int4 per-block weights).")(f)
+    f = click.option("--compute-units", type=click.Choice(["ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY"]),
+                     help="coreml: where Core ML may run the model (default ALL).")(f)
+    f = click.option("--palettize", "palettize_bits", type=click.Choice(["4", "6", "8"]), callback=_int_choice,
+                     help="coreml: int8/int4 as k-means palettized weights of this many bits.")(f)
+    f = click.option("--fixed-shapes", is_flag=True, default=None,
+                     help="coreml: pin dynamic sizes to their defaults (what the Neural Engine prefers).")(f)
+    f = click.option("--int8-activations", is_flag=True, default=None,
+                     help="coreml: int8 also quantizes activations, calibrated through Core ML (on a Mac).")(f)
+    f = click.option("--chunk-over-mib", type=float,
+                     help="coreml: split packages larger than this in two (iOS, e.g. the SD UNet).")(f)
     f = click.option("--allow-below-gate", is_flag=True,
                      help="Keep the best attempt even if it misses its accuracy gate (recorded in the manifest).")(f)
     return f
 
 
-TARGET_FLAGS = ("int8_mode", "int4_group_size", "int4_ratio", "device")
+TARGET_FLAGS = ("int8_mode", "int4_group_size", "int4_ratio", "device", "deployment_target", "compute_units",
+                "palettize_bits", "fixed_shapes", "chunk_over_mib", "int8_activations")
+
 
 
 def _compile_settings(flags: dict) -> tuple[dict, object]:
@@ -346,7 +364,8 @@ def _text_to_image(artifact, out, **settings):
 @click.option("-o", "--out", default="edgefm-demo", show_default=True, type=click.Path(file_okay=False))
 def demo(out):
     """The main job, offline: tiny CLIP, DINOv2, SAM 2 and Stable Diffusion 1.5 -> ONNX -> ONNX Runtime and
-    OpenVINO fp32/fp16/int8/int4, validated and timed, plus pictures of SAM 2's masks and SD's images per precision."""
+    OpenVINO fp32/fp16/int8/int4, validated and timed, plus pictures of SAM 2's masks and SD's images per precision;
+    CLIP and DINOv2 also -> Core ML fp16/int8/int4 packages (timed on a Mac only)."""
     from edgefm.demo import run_demo, sam2_mask_grid, sd_image_grid
 
     rows, latencies = run_demo(Path(out), log=_log)

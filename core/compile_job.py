@@ -108,10 +108,11 @@ class _Context:
     allow_below_gate: bool
     log: Callable[[str], None]
     calibration: dict
+    # attempt dir -> the session it was gated with, for targets whose files cannot run here (end-to-end checks)
+    stand_ins: dict = dataclasses.field(default_factory=dict)
 
     def compile_component(self, name: str, precision: Precision) -> tuple[ComponentEntry, Path]:
         """Walk the target's scheme ladder for one component; the entry and the folder holding its files."""
-        from edgefm.runtimes.loader import open_session
         from edgefm.targets.base import CompileRequest
 
         entry = self.source.components[name]
@@ -126,15 +127,21 @@ class _Context:
             request = CompileRequest(name, self.artifact / entry.file, entry, precision, scheme, calib_feeds,
                                      attempt_dir, work)
             compiled = self._entry(entry, precision, scheme, self.target.compile(request, self.options), attempt_dir)
-            candidate = open_session(attempt_dir, compiled, name)
+            candidate = self.target.validation_session(request, compiled, self.options)
             validation = validate_component(name, candidate, self.reference, heldout, gates, self.recipe,
-                                            self.source, self.artifact, self.data)
+                                            self.source, self.artifact, self.data,
+                                            self.target.static_checks(request, compiled, self.options))
             attempts.append((scheme, attempt_dir, compiled, validation))
+            if self.target.runs_here():
+                self.stand_ins[attempt_dir] = candidate
             self.log(f"{name}: {describe_checks(validation)} -> {'pass' if validation['passed'] else 'below gate'}")
             if validation["passed"]:
                 break
         scheme, attempt_dir, compiled, validation = next(
             (a for a in attempts if a[3]["passed"]), max(attempts, key=lambda a: a[3]["value"]))
+        for _, other_dir, _, _ in attempts:  # stand-ins are whole torch models: keep the chosen one only
+            if other_dir != attempt_dir:
+                self.stand_ins.pop(other_dir, None)
         if not validation["passed"] and not self.allow_below_gate:
             tried = "; ".join(f"{s.name}: {describe_checks(v)}" for s, _, _, v in attempts)
             finding = f"{name} in {precision.value} stays below its gate after every scheme ({tried})"
@@ -143,7 +150,8 @@ class _Context:
         validation["allowed_below_gate"] = not validation["passed"]
         validation["attempts"] = [{"scheme": s.name, "passed": v["passed"], "value": v["value"]}
                                   for s, _, _, v in attempts]
-        static_int8 = precision is Precision.INT8 and getattr(self.options, "int8_mode", "static") == "static"
+        static_int8 = (precision is Precision.INT8 and getattr(self.options, "int8_mode", "static") == "static"
+                       and scheme.params.get("activations") != "float")  # int8 weights alone use no calibration
         return dataclasses.replace(compiled, validation=validation,
                                    calibration=self.data.record(len(calib_feeds)) if static_int8 else None), attempt_dir
 

@@ -12,7 +12,8 @@ ISA_FLAGS = {"AVX2": {"avx2"}, "AVX-512": {"avx512f"}, "VNNI": {"avx512_vnni", "
              "AVX512-BF16": {"avx512_bf16"}, "AMX": {"amx_tile", "amx_int8", "amx_bf16"},
              "NEON": {"asimd", "neon"}}
 # Distributions behind each edgefm runtime module (first one installed wins).
-RUNTIME_PACKAGES = {"onnxruntime": ["onnxruntime", "onnxruntime-gpu"], "openvino": ["openvino"]}
+RUNTIME_PACKAGES = {"onnxruntime": ["onnxruntime", "onnxruntime-gpu"], "openvino": ["openvino"],
+                    "coreml": ["coremltools"]}
 
 
 def package_version(*names: str) -> str | None:

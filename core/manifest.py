@@ -17,11 +17,23 @@ FORMAT_VERSION = 1
 
 
 def sha256_file(path: Path) -> str:
+    """Content hash of a file, or of a package directory (Core ML's .mlpackage): its files' paths and bytes."""
+    path = Path(path)
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
+
+
+def disk_bytes(path: Path) -> int:
+    """Size of a file, or of everything in a package directory."""
+    path = Path(path)
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
 @dataclass
@@ -56,7 +68,7 @@ class ComponentEntry:
 
     def size_mib(self, directory: Path) -> float:
         """On-disk size of the component's files in the artifact `directory`."""
-        return sum((Path(directory) / name).stat().st_size for name in self.files()) / 2**20
+        return sum(disk_bytes(Path(directory) / name) for name in self.files()) / 2**20
 
 
 @dataclass
@@ -113,7 +125,7 @@ class Manifest:
             expected.update(entry.files())
         for name, digest in expected.items():
             path = Path(directory) / name
-            if not path.is_file():
+            if not path.exists():
                 raise ArtifactError(f"artifact {directory} is missing {name}, listed in its manifest; "
                                     "copy the whole directory or rebuild it")
             if sha256_file(path) != digest:

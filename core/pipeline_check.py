@@ -40,11 +40,14 @@ def check_pipeline(context) -> tuple[dict, dict]:
             compiled[name] = fp32[name] = context.compile_component(name, Precision.FP32)
             kept_fp32[name] = exc.finding
 
+    unavailable = context.target.runs_here()
+
     def evaluate(chosen: dict) -> dict:
-        trial = _assemble(context, chosen, trial_root / str(len(list(trial_root.glob("*")))))
+        trial = _load(context, chosen, trial_root / str(len(list(trial_root.glob("*")))), unavailable)
         checks = context.recipe.pipeline_checks(trial, context.artifact, context.data, gates)
+        extra = {"measured_with": f"the components' stand-ins ({unavailable})"} if unavailable else {}
         return validation_record(checks, reference="fp32 export (ONNX Runtime), the same pipeline",
-                                 inputs=f"held-out {context.data.source}")
+                                 inputs=f"held-out {context.data.source}", **extra)
 
     context.log(f"end to end: {context.family.name} pipeline in {precision} vs the fp32 export")
     record = evaluate(compiled)
@@ -74,16 +77,25 @@ def check_pipeline(context) -> tuple[dict, dict]:
                       "allowed_below_gate": not record["passed"], "attempts": attempts}
 
 
-def _assemble(context, chosen: dict, where: Path) -> Path:
-    """A loadable artifact of links to the chosen components' files, for one evaluation."""
+def _load(context, chosen: dict, where: Path, unavailable: str | None):
+    """The artifact of one evaluation: links to the chosen components' files, loaded. Where the target's
+    files cannot run here (Core ML off Apple systems), its sessions are the ones each component was
+    gated with (`Target.validation_session`), under the same task pipeline."""
+    from edgefm.registry import family_module
+    from edgefm.runtimes.loader import load
+
     where.mkdir(parents=True)
     for name in context.source.assets:
         os.symlink((context.artifact / name).resolve(), where / name)
     for entry, files_dir in chosen.values():
         for name in entry.files():
             os.symlink((files_dir / name).resolve(), where / name)
-    context.manifest({name: entry for name, (entry, _) in chosen.items()}).save(where)
-    return where
+    manifest = context.manifest({name: entry for name, (entry, _) in chosen.items()})
+    manifest.save(where)
+    if not unavailable:
+        return load(where)
+    sessions = {name: context.stand_ins[files_dir] for name, (_, files_dir) in chosen.items()}
+    return family_module("edgefm.runtimes.pipelines", manifest.family).ARTIFACT_CLASS(where, manifest, sessions)
 
 
 def _margin(record: dict) -> float:

@@ -23,7 +23,7 @@ def validate(artifact: Path, against: Path | None = None, calib_dir: Path | None
 
 def _against_artifact(artifact: Path, manifest: Manifest, reference_dir: Path, calib_dir, log) -> Manifest:
     from edgefm.calibration.data import load as load_calibration
-    from edgefm.runtimes.loader import open_sessions
+    from edgefm.runtimes.loader import load, open_sessions
     from edgefm.spec import validation_record
     from edgefm.validation import validate_component
 
@@ -47,7 +47,8 @@ def _against_artifact(artifact: Path, manifest: Manifest, reference_dir: Path, c
     pipeline = manifest.pipeline_validation
     if pipeline:
         log(f"validating the {manifest.family} pipeline end to end against {reference_dir}")
-        checks = recipe.pipeline_checks(artifact, reference_dir, data, family.pipeline_gates(pipeline["precision"]))
+        checks = recipe.pipeline_checks(load(artifact), reference_dir, data,
+                                        family.pipeline_gates(pipeline["precision"]))
         pipeline = {**validation_record(checks, pipeline["reference"], pipeline["inputs"]),
                     "precision": pipeline["precision"], "kept_fp32": pipeline["kept_fp32"]}
     return dataclasses.replace(manifest, components=entries, pipeline_validation=pipeline)

@@ -20,8 +20,10 @@ def compare_outputs(candidate, reference, feeds: list[dict], gate: float) -> Che
 
 
 def validate_component(name: str, candidate, reference: dict, heldout_feeds: list[dict], gates: dict,
-                       recipe, manifest, directory, data) -> dict:
+                       recipe, manifest, directory, data, static_checks: list | None = None) -> dict:
+    """`candidate` is the compiled session, or a stand-in that says what it measured (`measured_with`)."""
     checks = [compare_outputs(candidate, reference[name], heldout_feeds, gates["cosine"])]
     checks += recipe.extra_checks(name, candidate, reference, manifest, directory, data, gates)
-    return validation_record(checks, reference="fp32 export (ONNX Runtime)",
-                             inputs=f"held-out {data.source}")
+    extra = {"measured_with": candidate.measured_with} if getattr(candidate, "measured_with", None) else {}
+    return validation_record(checks + list(static_checks or []), reference="fp32 export (ONNX Runtime)",
+                             inputs=f"held-out {data.source}", **extra)

@@ -180,7 +180,7 @@ def _wrappers(model) -> dict:
             splits = channels // dim  # each pointer becomes C/64 tokens of the memory width
             if splits > 1:
                 pointers = pointers.reshape(-1, batch, splits, dim).permute(0, 2, 1, 3).flatten(0, 1)
-                pointer_pos = pointer_pos.repeat_interleave(splits, dim=0)
+                pointer_pos = pointer_pos[:, None].expand(-1, splits, -1, -1).flatten(0, 1)  # repeat_interleave, in ops Core ML converts
             out = m.memory_attention(
                 current_vision_features=vision_feat.flatten(2).permute(2, 0, 1),
                 current_vision_position_embeddings=vision_pos.flatten(2).permute(2, 0, 1),

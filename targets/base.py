@@ -62,3 +62,18 @@ class Target:
     def compile(self, request: CompileRequest, options) -> str:
         """Write the compiled graph; return its file name (relative to request.out_dir)."""
         raise NotImplementedError
+
+    def runs_here(self) -> str | None:
+        """None when what this target writes can run on this machine, else why not: then the compile gates
+        what `validation_session` returns, and runs end-to-end checks on those sessions too."""
+        return None
+
+    def validation_session(self, request: CompileRequest, entry: ComponentEntry, options):
+        """The session whose outputs are gated against the fp32 export: by default the compiled file itself."""
+        from edgefm.runtimes.loader import open_session
+
+        return open_session(request.out_dir, entry, request.component)
+
+    def static_checks(self, request: CompileRequest, entry: ComponentEntry, options) -> list:
+        """Checks of the written file that need no runtime (names, shapes, weight storage): a list of Check."""
+        return []

@@ -125,7 +125,7 @@ def test_bad_calibration_folders(dinov2_exported, tmp_path, setup, message):
 
 
 def test_bad_compile_requests(dinov2_exported, compiled, tmp_path):
-    with pytest.raises(UnknownChoiceError, match="valid choices: onnxruntime"):
+    with pytest.raises(UnknownChoiceError, match="valid choices: coreml, onnxruntime, openvino"):
         compile_artifact(dinov2_exported, "tflite", "fp32", tmp_path / "a", log=lambda m: None)
     with pytest.raises(UnknownChoiceError, match="fp16, fp32, int4, int8"):
         compile_artifact(dinov2_exported, "onnxruntime", "int3", tmp_path / "a", log=lambda m: None)

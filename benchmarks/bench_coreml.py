@@ -1,0 +1,107 @@
+"""Core ML packages per precision: size, compile time and accuracy, plus latency where Core ML runs (a Mac).
+
+Exports each model (real configs with random weights by default; `--quick`: the tiny presets of every
+family), compiles it for Core ML in each precision, and reports per component:
+- the package size, and its ratio to the fp16 package;
+- the compile time (conversion, compression, static checks, gates);
+- the headline accuracy against the fp32 ONNX export, and what it was measured on. Off Apple
+  systems that is the compressed torch wrapper, not Core ML.
+On a Mac it also times each package at batch 1 through Core ML (median over `--iters`); elsewhere the
+latency column says why it is missing.
+
+    python benchmarks/bench_coreml.py [--quick] [--models clip:vit-b-32,dinov2:small] [--out DIR] [--iters N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench_common import bar_panels, median_ms
+
+PRECISIONS = ("fp16", "int8", "int4")
+REAL_MODELS = "clip:vit-b-32,dinov2:small"
+QUICK_MODELS = "clip:tiny,dinov2:tiny,sam2:tiny,sd15:tiny"
+
+
+def _latency_ms(artifact: Path, component: str, iters: int) -> float | None:
+    import edgefm
+    from edgefm.runtimes.coreml import unavailable_reason
+
+    if unavailable_reason():
+        return None
+    session = edgefm.load(artifact)[component]
+    feeds = session.example_feeds(np.random.default_rng(0))
+    return median_ms(lambda: session.run(feeds), iters)
+
+
+def bench_model(family: str, variant: str, out: Path, iters: int) -> list[dict]:
+    from edgefm.compile_job import compile_artifact
+    from edgefm.export_job import export
+    from edgefm.manifest import Manifest
+
+    exported = out / f"{family}-{variant}"
+    if not (exported / "manifest.json").is_file():
+        export(family, exported, variant=variant, random_weights=variant != "tiny", overwrite=True)
+    rows = []
+    for precision in PRECISIONS:
+        target_dir = out / f"{family}-{variant}-coreml-{precision}"
+        started = time.perf_counter()
+        manifest = compile_artifact(exported, "coreml", precision, target_dir, overwrite=True)
+        seconds = time.perf_counter() - started
+        for name, entry in manifest.components.items():
+            validation = entry.validation
+            rows.append({"model": f"{family}:{variant}", "component": name, "precision": entry.precision,
+                         "scheme": entry.options["compile"]["scheme"], "size_mib": entry.size_mib(target_dir),
+                         "compile_s": seconds, "metric": validation["metric"], "value": validation["value"],
+                         "measured_with": validation.get("measured_with", "Core ML"),
+                         "latency_ms": _latency_ms(target_dir, name, iters)})
+    fp16 = {r["component"]: r["size_mib"] for r in rows if r["precision"] == "fp16"}
+    for row in rows:
+        row["size_vs_fp16"] = row["size_mib"] / fp16[row["component"]]
+    print(f"{family}:{variant} exported from {Manifest.load(exported).source['id']}")
+    return rows
+
+
+def report(rows: list[dict], out: Path) -> None:
+    from edgefm.hardware import describe, summary_lines
+
+    lines = ["| model | component | precision (scheme) | size MiB | vs fp16 | compile s (all components) | accuracy vs fp32 export | batch-1 ms |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        latency = f"{r['latency_ms']:.2f}" if r["latency_ms"] is not None else "no Core ML here"
+        lines.append(f"| {r['model']} | {r['component']} | {r['precision']} ({r['scheme']}) | {r['size_mib']:.2f} | "
+                     f"{r['size_vs_fp16']:.2f}x | {r['compile_s']:.0f} | {r['metric']} {r['value']:.5f} | {latency} |")
+    measured = sorted({r["measured_with"] for r in rows})
+    machine = summary_lines(describe(None, ["coreml"]))
+    text = "\n".join(lines + ["", "Accuracy measured with: " + "; ".join(measured), "", *machine]) + "\n"
+    (out / "report.md").write_text(text)
+    (out / "report.json").write_text(json.dumps(rows, indent=2))
+    sizes = [{"engine": f"{r['model']} {r['component']} {r['precision']}", "size_mib": r["size_mib"],
+              "size_vs_fp16": r["size_vs_fp16"]} for r in rows]
+    bar_panels(sizes, [("size_mib", "package size (MiB)"), ("size_vs_fp16", "size vs the fp16 package")],
+               "Core ML packages per precision", out / "coreml-sizes.png")
+    print(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=f"tiny presets: {QUICK_MODELS}")
+    parser.add_argument("--models", help=f"family:variant list (default {REAL_MODELS})")
+    parser.add_argument("--out", type=Path, default=Path("bench-coreml"))
+    parser.add_argument("--iters", type=int, default=20)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    models = args.models or (QUICK_MODELS if args.quick else REAL_MODELS)
+    rows = []
+    for item in models.split(","):
+        family, variant = item.split(":")
+        rows += bench_model(family, variant, args.out, args.iters)
+        report(rows, args.out)  # after every model, so a long run leaves what it measured
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Core ML session: runs .mlpackage components written by the coreml target (macOS only).
+
+Core ML's runtime ships with Apple's systems; coremltools reaches it through its native module,
+which exists only in its macOS wheels. Elsewhere a clear error says so. The package fixes batch at 1
+(see targets/coreml.py), so a larger batch runs item by item; token ids go in as int32.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from edgefm.errors import ArtifactError, FeedError
+from edgefm.manifest import ComponentEntry
+from edgefm.runtimes.session import Session
+
+
+def unavailable_reason() -> str | None:
+    """None where Core ML can run packages, else why not."""
+    import importlib.util
+
+    if sys.platform != "darwin":
+        return f"Core ML runs only on Apple systems (macOS 14+), not {sys.platform}"
+    if importlib.util.find_spec("coremltools") is None:
+        return "coremltools is not installed (pip install 'edgefm[coreml]')"
+    if importlib.util.find_spec("coremltools.libcoremlpython") is None:
+        return "this coremltools build has no Core ML runtime bridge (libcoremlpython); install its macOS wheel"
+    return None
+
+
+def check_package_shapes(name: str, specs, shapes: dict[str, list], feeds: dict[str, np.ndarray]) -> None:
+    """Sizes the package was built for (`options.compile.shapes`: fixed, or [lower, upper]), checked with a
+    message that names the fix; batch is free (the session loops over it)."""
+    for spec in specs:
+        for axis, (dim, built) in enumerate(zip(spec.shape, shapes.get(spec.name, []))):
+            if dim == "batch" or isinstance(dim, int):
+                continue
+            got = feeds[spec.name].shape[axis]
+            low, high = built if isinstance(built, list) else (built, built)
+            if not low <= got <= high:
+                wanted = f"{low}..{high}" if low != high else str(low)
+                raise FeedError(f"{name}: input {spec.name!r} has {dim}={got}, but this Core ML package was built for "
+                                f"{dim}={wanted}; feed that size, or compile again (without --fixed-shapes for ranges)")
+
+
+class CoreMLSession(Session):
+    def __init__(self, path: Path, entry: ComponentEntry, name: str, compute_units: str | None = None):
+        reason = unavailable_reason()
+        if reason:
+            raise ArtifactError(f"{name}: this artifact runs on Core ML: {reason}. Compile for onnxruntime or "
+                                "openvino to run it here")
+        import coremltools as ct
+
+        super().__init__(name, entry.inputs, entry.outputs, entry.options.get("dims"))
+        made = entry.options.get("compile", {})
+        self.compute_units = compute_units or made.get("compute_units", "ALL")
+        self._model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit[self.compute_units])
+        self._batched = {s.name for s in entry.inputs if s.shape and s.shape[0] == "batch"}
+        self._shapes = made.get("shapes", {})
+
+    def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        check_package_shapes(self.name, self.inputs, self._shapes, feeds)
+        feeds = {k: v.astype(np.int32) if v.dtype == np.int64 else v for k, v in feeds.items()}
+        batch = next((feeds[k].shape[0] for k in self._batched), 1)
+        if batch == 1:
+            return {s.name: np.asarray(v, np.float32) for s, v in zip(self.outputs, self._predict(feeds))}
+        results = [self._predict({k: v[i:i + 1] if k in self._batched else v for k, v in feeds.items()})
+                   for i in range(batch)]
+        return {s.name: np.concatenate([np.asarray(r[j], np.float32) for r in results])
+                for j, s in enumerate(self.outputs)}
+
+    def _predict(self, feeds: dict[str, np.ndarray]) -> list:
+        result = self._model.predict(feeds)
+        return [result[s.name] for s in self.outputs]
+
+
+def open_session(path: Path, entry: ComponentEntry, name: str, **options) -> CoreMLSession:
+    return CoreMLSession(path, entry, name, **options)
