@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from edgefm.errors import GateError
+from edgefm.errors import EdgefmError, GateError
 from edgefm.manifest import Manifest
 
 # Within this share of the best figure two candidates are a tie (timing noise); the more precise one wins.
@@ -52,6 +52,10 @@ def compile_auto(artifact: Path, target_name: str, out: Path, objective: str = "
     from edgefm.staging import staging_dir
 
     target = available_target(target_name)
+    cannot_run = target.cannot_run_here()
+    if cannot_run:
+        raise EdgefmError(f"--precision auto times every precision on this machine, but {target.name} artifacts "
+                          f"cannot run here ({cannot_run}); choose a precision")
     with staging_dir(Path(out), overwrite) as tmp:
         candidates = []
         for precision in target.precisions:

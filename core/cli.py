@@ -105,8 +105,9 @@ def _int_choice(ctx, param, value):
 def _compile_options(f):
     f = click.option("--target", default="onnxruntime", show_default=True,
                      help="Deployment target: onnxruntime, openvino or coreml.")(f)
-    f = click.option("--precision", default="fp32", show_default=True,
-                     help="fp32, fp16, int8, int4, or auto (compile each, keep the best that passes its gate).")(f)
+    f = click.option("--precision",
+                     help="fp32, fp16, int8, int4, or auto (compile each, keep the best that passes its gate); "
+                          "default: the target's own (fp32; coreml fp16).")(f)
     f = click.option("--objective", type=click.Choice(["latency", "size"]),
                      help="What --precision auto optimizes, measured on this machine (default latency).")(f)
     f = click.option("--calib", type=click.Path(), help="Folder of your own images for calibration/validation.")(f)
@@ -146,7 +147,10 @@ def _compile_settings(flags: dict) -> tuple[dict, object]:
     from edgefm.compile_job import target_options
     from edgefm.errors import EdgefmError
 
+    from edgefm import registry
+
     common = {k: v for k, v in flags.items() if k not in TARGET_FLAGS}
+    common["precision"] = common["precision"] or registry.target(common["target"]).default_precision.value
     precision, objective = common["precision"], common["objective"]
     if precision == "auto" and common["allow_below_gate"]:
         raise EdgefmError("--allow-below-gate does not combine with --precision auto, which keeps only "

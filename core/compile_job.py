@@ -127,12 +127,17 @@ class _Context:
             request = CompileRequest(name, self.artifact / entry.file, entry, precision, scheme, calib_feeds,
                                      attempt_dir, work)
             compiled = self._entry(entry, precision, scheme, self.target.compile(request, self.options), attempt_dir)
+            static = self.target.static_checks(request, compiled, self.options)
+            broken = [c for c in static if not c.passed]
+            if broken:  # a file that is not what was asked: a conversion bug, never kept (not even below gate)
+                raise EdgefmError(f"{name}: the {self.target.name} file of scheme {scheme.name} fails its checks ("
+                                  + ", ".join(f"{c.metric} {c.value:.4g} (gate {c.gate}) {c.detail}" for c in broken)
+                                  + "); this is a conversion problem, please report it with `edgefm --version`")
             candidate = self.target.validation_session(request, compiled, self.options)
             validation = validate_component(name, candidate, self.reference, heldout, gates, self.recipe,
-                                            self.source, self.artifact, self.data,
-                                            self.target.static_checks(request, compiled, self.options))
+                                            self.source, self.artifact, self.data, static)
             attempts.append((scheme, attempt_dir, compiled, validation))
-            if self.target.runs_here():
+            if self.target.cannot_run_here():
                 self.stand_ins[attempt_dir] = candidate
             self.log(f"{name}: {describe_checks(validation)} -> {'pass' if validation['passed'] else 'below gate'}")
             if validation["passed"]:

@@ -20,7 +20,8 @@ def sha256_file(path: Path) -> str:
     """Content hash of a file, or of a package directory (Core ML's .mlpackage): its files' paths and bytes."""
     path = Path(path)
     digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    # a package's hidden files (Finder's .DS_Store) are not part of it
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")) if path.is_dir() else [path]
     for file in files:
         if path.is_dir():
             digest.update(file.relative_to(path).as_posix().encode() + b"\0")

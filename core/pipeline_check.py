@@ -40,7 +40,7 @@ def check_pipeline(context) -> tuple[dict, dict]:
             compiled[name] = fp32[name] = context.compile_component(name, Precision.FP32)
             kept_fp32[name] = exc.finding
 
-    unavailable = context.target.runs_here()
+    unavailable = context.target.cannot_run_here()
 
     def evaluate(chosen: dict) -> dict:
         trial = _load(context, chosen, trial_root / str(len(list(trial_root.glob("*")))), unavailable)

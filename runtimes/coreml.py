@@ -44,35 +44,46 @@ def check_package_shapes(name: str, specs, shapes: dict[str, list], feeds: dict[
                                 f"{dim}={wanted}; feed that size, or compile again (without --fixed-shapes for ranges)")
 
 
+def batch_items(specs, feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """One feed per batch item (packages fix batch at 1), token ids as int32 (Core ML has no int64)."""
+    feeds = {k: v.astype(np.int32) if v.dtype == np.int64 else v for k, v in feeds.items()}
+    batched = [s.name for s in specs if s.shape and s.shape[0] == "batch"]
+    size = feeds[batched[0]].shape[0] if batched else 1
+    return [{k: v[i:i + 1] if k in batched else v for k, v in feeds.items()} for i in range(size)]
+
+
+# The oldest macOS that runs each deployment target's ops.
+MACOS_FOR = {"ios17": (14, 0), "macos14": (14, 0), "ios18": (15, 0), "macos15": (15, 0)}
+
+
 class CoreMLSession(Session):
-    def __init__(self, path: Path, entry: ComponentEntry, name: str, compute_units: str | None = None):
+    def __init__(self, path: Path, entry: ComponentEntry, name: str, compute_units: str | None = None,
+                 threads: int | None = None):
+        """`threads` is accepted for the common session API and ignored: Core ML schedules its own work."""
         reason = unavailable_reason()
         if reason:
             raise ArtifactError(f"{name}: this artifact runs on Core ML: {reason}. Compile for onnxruntime or "
                                 "openvino to run it here")
+        import platform
+
         import coremltools as ct
 
         super().__init__(name, entry.inputs, entry.outputs, entry.options.get("dims"))
         made = entry.options.get("compile", {})
+        needs = MACOS_FOR.get(made.get("deployment_target", "ios17"), (14, 0))
+        have = tuple(int(x) for x in (platform.mac_ver()[0] or "0").split(".")[:2])
+        if have < needs:
+            raise ArtifactError(f"{name}: this package targets {made.get('deployment_target')} and needs macOS "
+                                f"{needs[0]}+, this Mac runs {platform.mac_ver()[0]}; compile again with "
+                                "--deployment-target macos14 (int4: --palettize 4)")
         self.compute_units = compute_units or made.get("compute_units", "ALL")
         self._model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit[self.compute_units])
-        self._batched = {s.name for s in entry.inputs if s.shape and s.shape[0] == "batch"}
         self._shapes = made.get("shapes", {})
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_package_shapes(self.name, self.inputs, self._shapes, feeds)
-        feeds = {k: v.astype(np.int32) if v.dtype == np.int64 else v for k, v in feeds.items()}
-        batch = next((feeds[k].shape[0] for k in self._batched), 1)
-        if batch == 1:
-            return {s.name: np.asarray(v, np.float32) for s, v in zip(self.outputs, self._predict(feeds))}
-        results = [self._predict({k: v[i:i + 1] if k in self._batched else v for k, v in feeds.items()})
-                   for i in range(batch)]
-        return {s.name: np.concatenate([np.asarray(r[j], np.float32) for r in results])
-                for j, s in enumerate(self.outputs)}
-
-    def _predict(self, feeds: dict[str, np.ndarray]) -> list:
-        result = self._model.predict(feeds)
-        return [result[s.name] for s in self.outputs]
+        results = [self._model.predict(item) for item in batch_items(self.inputs, feeds)]
+        return {s.name: np.concatenate([np.asarray(r[s.name], np.float32) for r in results]) for s in self.outputs}
 
 
 def open_session(path: Path, entry: ComponentEntry, name: str, **options) -> CoreMLSession:

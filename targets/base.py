@@ -41,6 +41,7 @@ class Target:
     name: str = ""
     runtime: str = ""  # the edgefm.runtimes module that loads what this target writes
     precisions: tuple[Precision, ...] = ()
+    default_precision: Precision = Precision.FP32  # what `--precision` means when not given
     options_class: type = object
     requires: tuple[str, ...] = ()  # modules compiling needs (all in the `build` extra)
 
@@ -63,7 +64,7 @@ class Target:
         """Write the compiled graph; return its file name (relative to request.out_dir)."""
         raise NotImplementedError
 
-    def runs_here(self) -> str | None:
+    def cannot_run_here(self) -> str | None:
         """None when what this target writes can run on this machine, else why not: then the compile gates
         what `validation_session` returns, and runs end-to-end checks on those sessions too."""
         return None

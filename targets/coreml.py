@@ -78,19 +78,23 @@ class CoreMLTarget(Target):
     name = "coreml"
     runtime = "coreml"
     precisions = (Precision.FP32, Precision.FP16, Precision.INT8, Precision.INT4)
+    default_precision = Precision.FP16  # what the GPU and Neural Engine compute in
     options_class = CoreMLOptions
     requires = ("coremltools", "torch")
 
     def schemes(self, precision: Precision, options: CoreMLOptions, entry=None) -> list[Scheme]:
         common = {"deployment_target": options.target_for(precision), "shapes": _shapes(entry, options)}
         if precision in (Precision.FP32, Precision.FP16):
+            if options.palettize_bits is not None:
+                raise EdgefmError(f"--palettize compresses weights for int8 / int4, not {precision.value}")
             return [Scheme(precision.value, {**common, "compute_precision": precision.value, "weights": "float"})]
         half = {**common, "compute_precision": "fp16"}
         bits = options.palettize_bits
         if bits is not None:
             if bits > (8 if precision is Precision.INT8 else 4):
                 raise EdgefmError(f"--palettize {bits} stores more bits than {precision.value}; use 4 for int4")
-            return [Scheme(f"palettize-{bits}bit-kmeans", {**half, "weights": "palettize", "bits": bits})]
+            return [Scheme(f"palettize-{bits}bit-kmeans", {**half, "weights": "palettize", "bits": bits,
+                                                           "activations": "float"})]
         if precision is Precision.INT8:
             int8 = {**half, "weights": "int8", "granularity": "per_channel", "activations": "float"}
             ladder = [Scheme("int8-weights-per-channel", int8),
@@ -104,14 +108,16 @@ class CoreMLTarget(Target):
             return ladder
         int4 = lambda scheme, block, ends: Scheme(  # noqa: E731
             f"int4-{scheme}-weights-block{block}" + ("-ends-fp16" if ends else ""),
-            {**half, "weights": "int4", "granularity": "per_block", "block_size": block, "scheme": scheme,
+            {**half, "weights": "int4", "granularity": "per_block", "block_size": block, "mode": scheme,
              "ends_float": ends})
         block = options.int4_group_size
         finer = max(block // 2, 8)  # finer blocks cost a little size and recover accuracy
-        return [int4("symmetric", block, False), int4("affine", block, False), int4("affine", finer, False),
-                int4("affine", finer, True)]
+        ladder = [int4("symmetric", block, False), int4("affine", block, False)]
+        if finer < block:
+            ladder.append(int4("affine", finer, False))
+        return ladder + [int4("affine", finer, True)]
 
-    def runs_here(self) -> str | None:
+    def cannot_run_here(self) -> str | None:
         return runtime_unavailable()
 
     def compile(self, request: CompileRequest, options: CoreMLOptions) -> str:
@@ -136,7 +142,7 @@ class CoreMLTarget(Target):
                 raise EdgefmError(f"{request.component}: Core ML conversion failed ({type(exc).__name__}: "
                                   f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
         if params.get("activations") == "int8":
-            model = _quantize_activations(model, request.calibration_feeds)
+            model = _quantize_activations(model, request.calibration_feeds, request.entry)
         model.short_description = f"edgefm {request.component} ({request.precision.value}, {request.scheme.name})"
         out = request.out_dir / f"{request.component}.mlpackage"
         model.save(str(out))
@@ -150,8 +156,9 @@ class CoreMLTarget(Target):
         from edgefm.targets.coreml_torch import TorchWrapperSession
 
         module = _compressed(request, json.dumps(request.scheme.params, sort_keys=True))
-        return TorchWrapperSession(request.component, module, entry,
-                                   half=request.scheme.params["compute_precision"] == "fp16")
+        params = request.scheme.params
+        return TorchWrapperSession(request.component, module, entry, half=params["compute_precision"] == "fp16",
+                                   compressed=params["weights"] != "float")
 
     def static_checks(self, request: CompileRequest, entry: ComponentEntry, options) -> list:
         from edgefm.targets import coreml_checks
@@ -193,13 +200,16 @@ def _convert(traced, component, params: dict, sizes: dict[str, int], options: Co
         compute_units=ct.ComputeUnit[options.compute_units], pass_pipeline=passes)
 
 
-def _quantize_activations(model, feeds: list[dict]):
+def _quantize_activations(model, feeds: list[dict], entry: ComponentEntry):
     """int8 activations: coremltools runs the calibration feeds through Core ML and inserts quantize /
-    dequantize pairs at the ranges it saw (macOS only: the calibration needs the runtime)."""
+    dequantize pairs at the ranges it saw (macOS only: the calibration needs the runtime). Feeds are
+    split to the package's batch of 1 (SD's UNet feeds hold the guided pair)."""
     import coremltools.optimize as cto
 
+    from edgefm.runtimes.coreml import batch_items
+
     config = cto.coreml.OptimizationConfig(global_config=cto.coreml.OpLinearQuantizerConfig(mode="linear_symmetric"))
-    samples = [{k: v.astype(np.int32) if v.dtype == np.int64 else v for k, v in feed.items()} for feed in feeds]
+    samples = [item for feed in feeds for item in batch_items(entry.inputs, feed)]
     return cto.coreml.experimental.linear_quantize_activations(model, config, samples)
 
 

@@ -23,20 +23,29 @@ QUANTIZATION_PARAMS = ("scale", "offset", "zero_point")  # stored beside compres
 BLOB_OVERHEAD = 128  # bytes per stored constant: its metadata header plus 64-byte alignment
 
 
-def _programs(spec) -> list[tuple[str, list]]:
-    """(opset, ops) of the package's program, or of each chunk of a chunked (pipeline) package."""
+def _programs(spec) -> list[tuple[str, list, list]]:
+    """(opset, ops, output names) of the package's program, or of each chunk of a chunked (pipeline) package."""
     models = spec.pipeline.models if spec.WhichOneof("Type") == "pipeline" else [spec]
     functions = [model.mlProgram.functions["main"] for model in models]
-    return [(f.opset, list(f.block_specializations[f.opset].operations)) for f in functions]
+    blocks = [(f.opset, f.block_specializations[f.opset]) for f in functions]
+    return [(opset, list(block.operations), list(block.outputs)) for opset, block in blocks]
 
 
-def _constants(spec):
+def _constant_outputs(spec) -> set[str]:
+    """Program outputs that are constants (SAM 2's image position encoding): declared float32 outputs,
+    so kept in float32 whatever the weights' precision, and not weights."""
+    return {name for _, _, outputs in _programs(spec) for name in outputs}
+
+
+def _constants(spec, skip: set[str] = frozenset()):
     """(role, MIL data type, elements, rank, stored in the weight file) of every constant tensor of the program:
     `const` ops' values, the attributes iOS 17's `constexpr_*` ops keep their quantized data in, and the
     inline input values of iOS 18's."""
     from coremltools.proto import MIL_pb2
 
-    for op in (op for _, ops in _programs(spec) for op in ops):
+    for op in (op for _, ops, _ in _programs(spec) for op in ops):
+        if op.type == "const" and {o.name for o in op.outputs} & skip:
+            continue
         inline = [(role, arg.value) for role, binding in op.inputs.items() for arg in binding.arguments
                   if arg.HasField("value")]
         for role, value in [*op.attributes.items(), *inline]:
@@ -62,7 +71,7 @@ def weight_storage(spec) -> Counter:
     """Stored elements per MIL data type, over the weights: float or compressed constants of rank >= 2
     (integer index tables such as position ids are not weights)."""
     stored: Counter = Counter()
-    for role, dtype, size, rank, _ in _constants(spec):
+    for role, dtype, size, rank, _ in _constants(spec, skip=_constant_outputs(spec)):
         if rank >= 2 and dtype in BITS and role not in QUANTIZATION_PARAMS:
             stored[dtype] += size
     return stored
@@ -104,8 +113,8 @@ def check_opset(spec, target) -> Check:
     from coremltools.converters.mil.mil.ops.registry import SSAOpRegistry
 
     programs = _programs(spec)
-    opset = sorted({opset for opset, _ in programs})
-    types = sorted({op.type for _, ops in programs for op in ops})
+    opset = sorted({opset for opset, _, _ in programs})
+    types = sorted({op.type for _, ops, _ in programs for op in ops})
     missing = [t for t in types if not any(v <= target for v in SSAOpRegistry.core_ops.get(t, {}))]
     return Check("ops_in_deployment_target", float(not missing), 1.0,
                  detail={"opset": opset, "target": target.name, "op_types": len(types), "missing": missing})
@@ -117,8 +126,10 @@ def check_storage(spec, expected: str, compressed_elements: int | None = None) -
     stored = weight_storage(spec)
     if compressed_elements is None:
         value = stored[expected] / (sum(stored.values()) or 1)
-    else:
-        value = stored[expected] / compressed_elements if compressed_elements else 0.0
+    elif compressed_elements:
+        value = stored[expected] / compressed_elements
+    else:  # nothing the scheme could cut (e.g. convs no int4 block divides): nothing may claim to be cut either
+        value = 1.0 if stored[expected] == 0 else 0.0
     return Check(f"weights_stored_{expected.lower()}", value, 1.0,
                  detail={"elements": dict(stored), "compressed_in_torch": compressed_elements})
 

@@ -74,16 +74,16 @@ def compressed_module(component, params: dict):
         config = PostTrainingPalettizerConfig.from_dict(
             {"global_config": {"n_bits": params["bits"], "granularity": "per_tensor"}})
         with quiet_coremltools():
-            return PostTrainingPalettizer(copy.deepcopy(module), config).compress()
+            return PostTrainingPalettizer(module, config).compress()  # compress() works on a copy
     block = {"block_size": params["block_size"]} if params["granularity"] == "per_block" else {}
     layers = called_layers(module, component.make_inputs(np.random.default_rng(0), component.trace_dims))
     config = PostTrainingQuantizerConfig.from_dict({
         "global_config": {"weight_dtype": kind, "granularity": params["granularity"],
-                          "quantization_scheme": params.get("scheme", "symmetric"), **block},
+                          "quantization_scheme": params.get("mode", "symmetric"), **block},
         # the first and last layers the component runs (patch embedding, projection), the usual ones kept in float
         "module_name_configs": {name: None for name in first_and_last(layers)} if params.get("ends_float") else {}})
     with quiet_coremltools():
-        return PostTrainingQuantizer(copy.deepcopy(module), config).compress()
+        return PostTrainingQuantizer(module, config).compress()  # compress() works on a copy
 
 
 def called_layers(module, example: dict[str, np.ndarray]) -> list[str]:
@@ -106,12 +106,28 @@ def called_layers(module, example: dict[str, np.ndarray]) -> list[str]:
 
 def compressed_weight_elements(module, example: dict[str, np.ndarray]) -> int:
     """Weight elements that coremltools.optimize.torch compressed (it marks each such module with a
-    `_COREML_/weight/compression_type` buffer) among the layers the component runs: what the package
-    must store compressed."""
-    marked = {name.rsplit("._COREML_", 1)[0] for name, _ in module.named_buffers()
-              if name.endswith("_COREML_/weight/compression_type")}
-    used = marked & set(called_layers(module, example))
-    return sum(module.get_submodule(name).weight.numel() for name in used)
+    `_COREML_/weight/compression_type` buffer) and that reach the component's outputs: what the package
+    must store compressed. Reaching is decided by autograd, since the converter drops layers whose
+    results go nowhere (SDXL's text encoder runs its last layer but outputs the penultimate one)."""
+    import torch
+
+    marked = sorted({name.rsplit("._COREML_", 1)[0] for name, _ in module.named_buffers()
+                     if name.endswith("_COREML_/weight/compression_type")})
+    weights = [module.get_submodule(name).weight for name in marked]
+    if not weights:
+        return 0
+    for weight in weights:
+        weight.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            result = module(**{k: torch.from_numpy(v) for k, v in example.items()})
+            result = result if isinstance(result, (tuple, list)) else (result,)
+            total = sum(r.float().sum() for r in result if r.requires_grad)
+            grads = torch.autograd.grad(total, weights, allow_unused=True) if torch.is_tensor(total) else []
+    finally:
+        for weight in weights:
+            weight.requires_grad_(False)
+    return sum(w.numel() for w, g in zip(weights, grads) if g is not None)
 
 
 class TorchWrapperSession(Session):
@@ -121,14 +137,14 @@ class TorchWrapperSession(Session):
     compute when the package computes in fp16. What it cannot show is Core ML's own kernels (the
     Neural Engine's accumulation, op fusions), which only a Mac measures."""
 
-    def __init__(self, name: str, module, entry, half: bool):
+    def __init__(self, name: str, module, entry, half: bool, compressed: bool):
         import torch
 
         super().__init__(name, entry.inputs, entry.outputs, entry.options.get("dims"))
         self.dtype = torch.float16 if half else torch.float32
         self.module = copy.deepcopy(module).to(self.dtype) if half else module  # the package's module stays fp32
-        self.measured_with = (f"coremltools.optimize.torch on the torch wrapper, {'fp16' if half else 'fp32'} "
-                              "compute in torch (no Core ML runtime here)")
+        self.weights = "the torch wrapper compressed by coremltools.optimize.torch" if compressed else "the torch wrapper"
+        self.measured_with = f"{self.weights}, {'fp16' if half else 'fp32'} compute in torch (no Core ML runtime here)"
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -141,8 +157,8 @@ class TorchWrapperSession(Session):
             # A wrapper that makes float32 tensors inside (SAM 2's sine position encodings) cannot run in
             # torch fp16 on the CPU: fall back to the package's fp16-rounded weights with fp32 compute, and say so.
             self.module, self.dtype = self.module.float(), torch.float32
-            self.measured_with = ("coremltools.optimize.torch on the torch wrapper, fp16-rounded weights with fp32 "
-                                  "compute in torch (its fp16 compute fails on the CPU; no Core ML runtime here)")
+            self.measured_with = (f"{self.weights}, fp16-rounded weights with fp32 compute in torch (its fp16 "
+                                  "compute fails on the CPU; no Core ML runtime here)")
             result = self._forward(feeds)
         return {spec.name: value.float().numpy() for spec, value in zip(self.outputs, result)}
 

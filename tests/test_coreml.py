@@ -8,6 +8,7 @@ The parity tests at the end run the packages through Core ML on a Mac and skip e
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import sys
 
@@ -66,7 +67,8 @@ def test_every_family_converts_with_static_checks(coreml, family, precision):
             assert checks[STORAGE[entry.precision]]["passed"], (name, checks[STORAGE[entry.precision]])
         assert entry.validation["passed"], (name, entry.validation)
         if not ON_MAC:
-            assert "coremltools.optimize.torch" in entry.validation["measured_with"]
+            assert "torch wrapper" in entry.validation["measured_with"]
+            assert ("coremltools.optimize.torch" in entry.validation["measured_with"]) == (entry.precision in ("int8", "int4"))
         spec = _spec(out / entry.file)
         assert [i.name for i in spec.description.input] and spec.specificationVersion >= 8  # iOS 17+
     if manifest.pipeline_validation and not ON_MAC:  # end to end on the same stand-ins, and says so
@@ -156,7 +158,7 @@ def test_dinov2_dynamic_resolution_needs_fixed_shapes(dinov2_dynamic, tmp_path):
     from edgefm.compile_job import compile_artifact, target_options
     from edgefm.manifest import Manifest
 
-    with pytest.raises(Exception, match="fixed-shapes"):
+    with pytest.raises(EdgefmError, match="fixed-shapes"):
         compile_artifact(dinov2_dynamic, "coreml", "fp16", tmp_path / "ranged", calib_size=4, log=_quiet)
     out = compile_artifact(dinov2_dynamic, "coreml", "fp16", tmp_path / "fixed", calib_size=4,
                            options=target_options("coreml", fixed_shapes=True), log=_quiet)
@@ -191,8 +193,7 @@ def test_chunked_unet_keeps_its_interface(sd15_exported, tmp_path):
     spec = _spec(tmp_path / "chunked" / "unet.mlpackage")
     assert spec.WhichOneof("Type") == "pipeline" and len(spec.pipeline.models) == 2
     checks = {c["metric"]: c for c in out.components["unet"].validation["checks"]}
-    assert checks["io_matches_manifest"]["passed"] and checks["ops_in_deployment_target"]["passed"]
-    assert out.pipeline_validation["passed"]  # the SD pipeline end to end, on the stand-ins off a Mac
+    assert all(checks[m]["passed"] for m in (*STATIC, "weights_stored_float16"))
 
 
 def test_refusals(clip_exported, tmp_path):
@@ -216,6 +217,46 @@ def test_refusals(clip_exported, tmp_path):
     with pytest.raises(ArtifactError, match="does not have the weights"):
         compile_artifact(changed, "coreml", "fp16", tmp_path / "c", log=_quiet)
     assert not (tmp_path / "c").exists()  # nothing half-written
+
+
+def test_cli_defaults_to_fp16_and_refuses_auto_off_apple(clip_exported, tmp_path):
+    from click.testing import CliRunner
+
+    from edgefm.cli import _compile_settings, main
+
+    flags = {"target": "coreml", "precision": None, "objective": None, "allow_below_gate": False}
+    assert _compile_settings(flags)[0]["precision"] == "fp16"
+    assert _compile_settings({**flags, "target": "onnxruntime"})[0]["precision"] == "fp32"
+    if not ON_MAC:
+        result = CliRunner().invoke(main, ["compile", str(clip_exported), "--target", "coreml", "--precision", "auto",
+                                           "-o", str(tmp_path / "auto")])
+        assert result.exit_code != 0 and "cannot run here" in result.output
+        assert not (tmp_path / "auto").exists()
+
+
+def test_session_splits_the_batch_and_casts_token_ids():
+    """The session's own work around MLModel.predict: one call per batch item, int64 ids as int32,
+    float32 outputs in order. The model is a stand-in for predict() only: this verifies nothing of Core ML."""
+    from edgefm.runtimes.coreml import CoreMLSession
+    from edgefm.runtimes.session import Session
+    from edgefm.spec import TensorSpec
+
+    class PredictOnly:
+        def __init__(self):
+            self.calls = []
+
+        def predict(self, feeds):
+            self.calls.append({k: (v.shape, v.dtype) for k, v in feeds.items()})
+            return {"text_embeds": feeds["input_ids"][:, :2].astype(np.float16) * 2}
+
+    session = CoreMLSession.__new__(CoreMLSession)
+    Session.__init__(session, "text_encoder", [TensorSpec("input_ids", "int64", ("batch", 77))],
+                     [TensorSpec("text_embeds", "float32", ("batch", 2))])
+    session._model, session._shapes = PredictOnly(), {"input_ids": [1, 77]}
+    ids = np.random.default_rng().integers(0, 1000, (3, 77))
+    out = session.run({"input_ids": ids})
+    assert out["text_embeds"].dtype == np.float32 and np.array_equal(out["text_embeds"], ids[:, :2] * 2)
+    assert session._model.calls == [{"input_ids": ((1, 77), np.dtype(np.int32))}] * 3
 
 
 def test_runtime_checks_the_sizes_a_package_was_built_for():
@@ -253,11 +294,12 @@ def test_macos_parity_with_fp32_onnx(coreml, family, precision, request):
 
     reference = edgefm.load(request.getfixturevalue(f"{family}_exported"))
     compiled = edgefm.load(coreml(family, precision))
-    rng = np.random.default_rng()
+    seed = secrets.randbits(32)
+    rng = np.random.default_rng(seed)
     for name, session in compiled.sessions.items():
         feeds = reference[name].example_feeds(rng)
         got, ref = session.run(feeds), reference[name].run(feeds)
         for output, value in ref.items():
             cosine = float(cosine_rows(got[output], value).mean())
             gate = registry.family(family).gates(name, compiled.manifest.components[name].precision)["cosine"]
-            assert cosine >= gate, (name, output, cosine)
+            assert cosine >= gate, (name, output, cosine, f"seed {seed}")
