@@ -18,30 +18,19 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
-from bench_common import bar_panels, median_ms
+from bench_common import bar_panels
 
 PRECISIONS = ("fp16", "int8", "int4")
 REAL_MODELS = "clip:vit-b-32,dinov2:small"
 QUICK_MODELS = "clip:tiny,dinov2:tiny,sam2:tiny,sd15:tiny"
 
 
-def _latency_ms(artifact: Path, component: str, iters: int) -> float | None:
-    import edgefm
-    from edgefm.runtimes.coreml import unavailable_reason
-
-    if unavailable_reason():
-        return None
-    session = edgefm.load(artifact)[component]
-    feeds = session.example_feeds(np.random.default_rng(0))
-    return median_ms(lambda: session.run(feeds), iters)
-
-
 def bench_model(family: str, variant: str, out: Path, iters: int) -> list[dict]:
+    from edgefm.bench import artifact_latencies
     from edgefm.compile_job import compile_artifact
     from edgefm.export_job import export
     from edgefm.manifest import Manifest
+    from edgefm.runtimes.coreml import unavailable_reason
 
     exported = out / f"{family}-{variant}"
     if not (exported / "manifest.json").is_file():
@@ -53,6 +42,7 @@ def bench_model(family: str, variant: str, out: Path, iters: int) -> list[dict]:
         # a precision below its gate is reported as such, not dropped
         manifest = compile_artifact(exported, "coreml", precision, target_dir, allow_below_gate=True, overwrite=True)
         seconds = time.perf_counter() - started
+        latencies = artifact_latencies(target_dir, iters) if unavailable_reason() is None else {}
         for name, entry in manifest.components.items():
             validation = entry.validation
             rows.append({"model": f"{family}:{variant}", "component": name, "precision": entry.precision,
@@ -60,7 +50,7 @@ def bench_model(family: str, variant: str, out: Path, iters: int) -> list[dict]:
                          "compile_s": seconds, "metric": validation["metric"], "value": validation["value"],
                          "passed": validation["passed"], "gate": validation["gate"],
                          "measured_with": validation.get("measured_with", "Core ML"),
-                         "latency_ms": _latency_ms(target_dir, name, iters)})
+                         "latency_ms": latencies.get((str(target_dir), name))})
     fp16 = {r["component"]: r["size_mib"] for r in rows if r["precision"] == "fp16"}
     for row in rows:  # a component a pipeline check kept in fp32 has no fp16 package to compare with
         row["size_vs_fp16"] = row["size_mib"] / fp16[row["component"]] if row["component"] in fp16 else float("nan")

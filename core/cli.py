@@ -141,13 +141,11 @@ TARGET_FLAGS = ("int8_mode", "int4_group_size", "int4_ratio", "device", "deploym
                 "palettize_bits", "fixed_shapes", "chunk_over_mib", "int8_activations")
 
 
-
 def _compile_settings(flags: dict) -> tuple[dict, object]:
     """Check the compile flags before any work starts: (the flags every target shares, the target's options)."""
+    from edgefm import registry
     from edgefm.compile_job import target_options
     from edgefm.errors import EdgefmError
-
-    from edgefm import registry
 
     common = {k: v for k, v in flags.items() if k not in TARGET_FLAGS}
     common["precision"] = common["precision"] or registry.target(common["target"]).default_precision.value

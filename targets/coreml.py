@@ -100,9 +100,10 @@ class CoreMLTarget(Target):
             ladder = [Scheme("int8-weights-per-channel", int8),
                       Scheme("int8-weights-per-channel-ends-fp16", {**int8, "ends_float": True})]
             if options.int8_activations:
-                if runtime_unavailable():
+                cannot_run = runtime_unavailable()
+                if cannot_run:
                     raise EdgefmError("--int8-activations calibrates activations by running the model through "
-                                      f"Core ML, which cannot run here ({runtime_unavailable()}); compile on a Mac, "
+                                      f"Core ML, which cannot run here ({cannot_run}); compile on a Mac, "
                                       "or drop the flag for int8 weights with fp16 activations")
                 ladder.insert(0, Scheme("int8-weights-int8-activations", {**int8, "activations": "int8"}))
             return ladder
@@ -128,9 +129,9 @@ class CoreMLTarget(Target):
 
         params = request.scheme.params
         component = _component(request)
-        module = _compressed(request, json.dumps(params, sort_keys=True))
+        module = _compressed(request)
         sizes = _defaults(component, params["shapes"])
-        example = component.make_inputs(np.random.default_rng(0), sizes)
+        example = _example(component, sizes)
         with quiet_coremltools():
             coreml_ops.register()
             with torch.no_grad():
@@ -155,14 +156,12 @@ class CoreMLTarget(Target):
             return super().validation_session(request, entry, options)
         from edgefm.targets.coreml_torch import TorchWrapperSession
 
-        module = _compressed(request, json.dumps(request.scheme.params, sort_keys=True))
         params = request.scheme.params
-        return TorchWrapperSession(request.component, module, entry, half=params["compute_precision"] == "fp16",
+        return TorchWrapperSession(request.component, _compressed(request), entry, half=params["compute_precision"] == "fp16",
                                    compressed=params["weights"] != "float")
 
     def static_checks(self, request: CompileRequest, entry: ComponentEntry, options) -> list:
         from edgefm.targets import coreml_checks
-
         from edgefm.targets.coreml_torch import compressed_weight_elements
 
         params = request.scheme.params
@@ -172,8 +171,8 @@ class CoreMLTarget(Target):
         compressed = None
         if params["weights"] != "float":
             component = _component(request)
-            example = component.make_inputs(np.random.default_rng(0), _defaults(component, params["shapes"]))
-            compressed = compressed_weight_elements(_compressed(request, json.dumps(params, sort_keys=True)), example)
+            example = _example(component, _defaults(component, params["shapes"]))
+            compressed = compressed_weight_elements(_compressed(request), example)
         return [coreml_checks.check_io(spec, entry, params["shapes"]),
                 coreml_checks.check_opset(spec, _ct_target(params["deployment_target"])),
                 coreml_checks.check_storage(spec, stored, compressed),
@@ -213,11 +212,21 @@ def _quantize_activations(model, feeds: list[dict], entry: ComponentEntry):
     return cto.coreml.experimental.linear_quantize_activations(model, config, samples)
 
 
+def _exported(request: CompileRequest) -> tuple[Path, str]:
+    """The exported artifact and its manifest's sha256: the key of the rebuilt (and compressed) models."""
+    artifact = Path(request.source).parent
+    return artifact, sha256_file(artifact / "manifest.json")
+
+
 def _component(request: CompileRequest):
     from edgefm.targets.coreml_torch import rebuilt_components
 
-    artifact = Path(request.source).parent
-    return rebuilt_components(artifact, sha256_file(artifact / "manifest.json"))[request.component]
+    return rebuilt_components(*_exported(request))[request.component]
+
+
+def _example(component, sizes: dict[str, int]) -> dict[str, np.ndarray]:
+    """The inputs the wrapper is traced (and its compressed layers found) with: fixed seed, package sizes."""
+    return component.make_inputs(np.random.default_rng(0), sizes)
 
 
 @functools.lru_cache(maxsize=1)  # the compile and its validation use one compressed copy
@@ -227,9 +236,10 @@ def _compressed_cached(artifact: Path, manifest_sha: str, component: str, params
     return compressed_module(rebuilt_components(artifact, manifest_sha)[component], json.loads(params_json))
 
 
-def _compressed(request: CompileRequest, params_json: str):
-    artifact = Path(request.source).parent
-    return _compressed_cached(artifact, sha256_file(artifact / "manifest.json"), request.component, params_json)
+def _compressed(request: CompileRequest):
+    """The component's wrapper with its scheme's weight compression (cached: compile, gate and checks share it)."""
+    return _compressed_cached(*_exported(request), request.component,
+                              json.dumps(request.scheme.params, sort_keys=True))
 
 
 def _shapes(entry: ComponentEntry, options: CoreMLOptions) -> dict[str, list]:

@@ -31,9 +31,9 @@ def _programs(spec) -> list[tuple[str, list, list]]:
     return [(opset, list(block.operations), list(block.outputs)) for opset, block in blocks]
 
 
-def _constant_outputs(spec) -> set[str]:
-    """Program outputs that are constants (SAM 2's image position encoding): declared float32 outputs,
-    so kept in float32 whatever the weights' precision, and not weights."""
+def _output_names(spec) -> set[str]:
+    """The program's outputs. A constant among them (SAM 2's image position encoding) is a declared
+    float32 output, so kept in float32 whatever the weights' precision, and not a weight."""
     return {name for _, _, outputs in _programs(spec) for name in outputs}
 
 
@@ -71,7 +71,7 @@ def weight_storage(spec) -> Counter:
     """Stored elements per MIL data type, over the weights: float or compressed constants of rank >= 2
     (integer index tables such as position ids are not weights)."""
     stored: Counter = Counter()
-    for role, dtype, size, rank, _ in _constants(spec, skip=_constant_outputs(spec)):
+    for role, dtype, size, rank, _ in _constants(spec, skip=_output_names(spec)):
         if rank >= 2 and dtype in BITS and role not in QUANTIZATION_PARAMS:
             stored[dtype] += size
     return stored
