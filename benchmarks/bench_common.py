@@ -1,7 +1,9 @@
 """What the per-model benchmark scripts share: a median timer and the bar-chart picture of their rows."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -29,3 +31,22 @@ def bar_panels(rows: list[dict], panels: list[tuple[str, str]], title: str, path
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def each_model(models: str, bench: Callable[[str, str], list[dict]], report: Callable[[list[dict], Path], None],
+               out: Path) -> None:
+    """`bench(family, variant)` per "family:variant" item of `models`, reporting after every model so that a
+    long run leaves what it measured."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for item in models.split(","):
+        family, variant = item.split(":")
+        rows += bench(family, variant)
+        report(rows, out)
+
+
+def save_report(out: Path, text: str, rows: list[dict]) -> None:
+    """report.md (what people read) and report.json (every row), and the text on stdout."""
+    (out / "report.md").write_text(text)
+    (out / "report.json").write_text(json.dumps(rows, indent=2))
+    print(text)

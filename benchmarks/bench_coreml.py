@@ -14,11 +14,10 @@ latency column says why it is missing.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-from bench_common import bar_panels
+from bench_common import bar_panels, each_model, save_report
 
 PRECISIONS = ("fp16", "int8", "int4")
 REAL_MODELS = "clip:vit-b-32,dinov2:small"
@@ -71,13 +70,11 @@ def report(rows: list[dict], out: Path) -> None:
     measured = sorted({r["measured_with"] for r in rows})
     machine = summary_lines(describe(None, ["coreml"]))
     text = "\n".join(lines + ["", "Accuracy measured with: " + "; ".join(measured), "", *machine]) + "\n"
-    (out / "report.md").write_text(text)
-    (out / "report.json").write_text(json.dumps(rows, indent=2))
+    save_report(out, text, rows)
     sizes = [{"engine": f"{r['model']} {r['component']} {r['precision']}", "size_mib": r["size_mib"],
               "size_vs_fp16": r["size_vs_fp16"]} for r in rows]
     bar_panels(sizes, [("size_mib", "package size (MiB)"), ("size_vs_fp16", "size vs the fp16 package")],
                "Core ML packages per precision", out / "coreml-sizes.png")
-    print(text)
 
 
 def main() -> None:
@@ -87,13 +84,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench-coreml"))
     parser.add_argument("--iters", type=int, default=20)
     args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    models = args.models or (QUICK_MODELS if args.quick else REAL_MODELS)
-    rows = []
-    for item in models.split(","):
-        family, variant = item.split(":")
-        rows += bench_model(family, variant, args.out, args.iters)
-        report(rows, args.out)  # after every model, so a long run leaves what it measured
+    each_model(args.models or (QUICK_MODELS if args.quick else REAL_MODELS),
+               lambda family, variant: bench_model(family, variant, args.out, args.iters), report, args.out)
 
 
 if __name__ == "__main__":

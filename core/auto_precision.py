@@ -14,7 +14,7 @@ from edgefm.manifest import Manifest
 
 # Within this share of the best figure two candidates are a tie (timing noise); the more precise one wins.
 TIE = 0.03
-ORDER = ["fp32", "fp16", "int8", "int4"]  # most to least precise
+ORDER = ["fp32", "fp16", "fp8", "int8", "int4"]  # most to least precise
 
 
 def choose(candidates: list[dict], objective: str) -> tuple[dict, str]:

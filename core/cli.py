@@ -9,8 +9,6 @@ import click
 
 from edgefm import __version__
 
-PRECISIONS = ["fp32", "fp16", "int8", "int4"]
-
 
 def _console(stderr: bool = True, min_width: int = 120):
     """Logs and errors go to stderr, result tables to stdout; tables stay readable when piped."""
@@ -22,7 +20,9 @@ def _console(stderr: bool = True, min_width: int = 120):
 
 
 def _log(message: str) -> None:
-    _console().print(f"[dim]•[/dim] {message}", highlight=False)
+    from rich.markup import escape
+
+    _console().print(f"[dim]•[/dim] {escape(message)}", highlight=False)
 
 
 class _Group(click.Group):
@@ -34,7 +34,9 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except EdgefmError as exc:
-            _console().print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+            from rich.markup import escape
+
+            _console().print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
             sys.exit(2)
 
 
@@ -102,12 +104,25 @@ def _int_choice(ctx, param, value):
     return None if value is None else int(value)
 
 
+def _none_if_empty(ctx, param, value):
+    return tuple(value) or None
+
+
+def _shape_options(f):
+    f = click.option("--device-profile", type=click.Choice(["generic", "jetson-orin", "a100", "h100"]),
+                     help="tensorrt: the GPU the engines are for (default generic: the GPU they are built on).")(f)
+    f = click.option("--shapes", multiple=True, callback=_none_if_empty,
+                     help="tensorrt: optimization profile of a dynamic dim, DIM=MIN,OPT,MAX (repeatable), e.g. "
+                          "batch=1,4,16.")(f)
+    return f
+
+
 def _compile_options(f):
     f = click.option("--target", default="onnxruntime", show_default=True,
-                     help="Deployment target: onnxruntime, openvino or coreml.")(f)
+                     help="Deployment target: onnxruntime, openvino, coreml or tensorrt.")(f)
     f = click.option("--precision",
-                     help="fp32, fp16, int8, int4, or auto (compile each, keep the best that passes its gate); "
-                          "default: the target's own (fp32; coreml fp16).")(f)
+                     help="fp32, fp16, int8, int4, fp8 (tensorrt), or auto (compile each, keep the best that passes "
+                          "its gate); default: the target's own (fp32; coreml and tensorrt fp16).")(f)
     f = click.option("--objective", type=click.Choice(["latency", "size"]),
                      help="What --precision auto optimizes, measured on this machine (default latency).")(f)
     f = click.option("--calib", type=click.Path(), help="Folder of your own images for calibration/validation.")(f)
@@ -132,13 +147,17 @@ def _compile_options(f):
                      help="coreml: int8 also quantizes activations, calibrated through Core ML (on a Mac).")(f)
     f = click.option("--chunk-over-mib", type=float,
                      help="coreml: split packages larger than this in two (iOS, e.g. the SD UNet).")(f)
+    f = _shape_options(f)
+    f = click.option("--fp16-data-max", type=float,
+                     help="tensorrt: activations past this magnitude keep their node in fp32 (default 512).")(f)
     f = click.option("--allow-below-gate", is_flag=True,
                      help="Keep the best attempt even if it misses its accuracy gate (recorded in the manifest).")(f)
     return f
 
 
 TARGET_FLAGS = ("int8_mode", "int4_group_size", "int4_ratio", "device", "deployment_target", "compute_units",
-                "palettize_bits", "fixed_shapes", "chunk_over_mib", "int8_activations")
+                "palettize_bits", "fixed_shapes", "chunk_over_mib", "int8_activations", "device_profile", "shapes",
+                "fp16_data_max")
 
 
 def _compile_settings(flags: dict) -> tuple[dict, object]:
@@ -181,7 +200,69 @@ def compile_cmd(artifact, out, **kwargs):
     """Compile an exported ARTIFACT for a target and precision, validated against the fp32 export."""
     common, options = _compile_settings(kwargs)
     manifest = _compile(artifact, out, options, **common)
+    if common["target"] == "tensorrt":
+        manifest = _engines_if_possible(Path(out), manifest, common["allow_below_gate"])
     _print_table([(out, manifest)])
+    _exit_on_gate(manifest)
+
+
+def _engines_if_possible(artifact: Path, manifest, allow_below_gate: bool):
+    """After a TensorRT compile: build the engines here when this is a GPU they are for, else say where and how."""
+    from edgefm.errors import EdgefmError
+    from edgefm.runtimes.tensorrt import this_machine, unavailable_reason
+    from edgefm.targets.tensorrt_plan import build_plan, check_device
+
+    reason = unavailable_reason()
+    try:
+        if not reason:
+            check_device(build_plan(manifest, artifact), this_machine())
+    except EdgefmError as exc:  # e.g. compiled for a Jetson on a workstation: its engines are built there
+        reason = str(exc)
+    if reason:
+        _log(f"graphs and build plan written and validated on the CPU; engines not built here ({reason}). "
+             f"On the GPU that will run them: `edgefm engine {artifact}`")
+        return manifest
+    from edgefm.engine_job import build_engines
+
+    return build_engines(artifact, allow_below_gate=allow_below_gate, log=_log)
+
+
+@main.command()
+@click.argument("artifact", type=click.Path())
+@_shape_options
+@click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write the plan here (default: print it).")
+def plan(artifact, device_profile, shapes, out):
+    """Print the TensorRT build plan of a tensorrt-compiled ARTIFACT: graphs, fp32 pins, profiles, device."""
+    from edgefm.manifest import Manifest
+    from edgefm.targets.tensorrt_plan import build_plan
+
+    derived = build_plan(Manifest.load(Path(artifact)), Path(artifact), device_profile, shapes)
+    text = json.dumps(derived, indent=2) + "\n"
+    if out:
+        Path(out).write_text(text)
+    else:
+        click.echo(text, nl=False)
+
+
+@main.command()
+@click.argument("artifact", type=click.Path())
+@_shape_options
+@click.option("--rebuild", is_flag=True, help="Build anew, past the engine cache, even if the artifact has engines.")
+@click.option("--cache", type=click.Path(file_okay=False),
+              help="Engine and timing cache (default $EDGEFM_CACHE/tensorrt or ~/.cache/edgefm/tensorrt).")
+@click.option("--against", type=click.Path(file_okay=False),
+              help="The fp32 export the engines are gated against (default: the one the artifact was compiled from).")
+@click.option("--allow-below-gate", is_flag=True, help="Keep engines below their gates (recorded in the manifest).")
+@click.option("-o", "--out", type=click.Path(file_okay=False), help="Write the engine artifact here (default: in place).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def engine(artifact, device_profile, shapes, rebuild, cache, against, allow_below_gate, out, overwrite):
+    """Build the TensorRT engines of a tensorrt-compiled ARTIFACT on this GPU and gate them against the fp32 export."""
+    from edgefm.engine_job import build_engines
+
+    manifest = build_engines(Path(artifact), Path(out) if out else None, device_profile, shapes, rebuild,
+                             Path(cache) if cache else None, Path(against) if against else None, allow_below_gate,
+                             overwrite, log=_log)
+    _print_table([(out or artifact, manifest)])
     _exit_on_gate(manifest)
 
 
@@ -367,7 +448,8 @@ def _text_to_image(artifact, out, **settings):
 def demo(out):
     """The main job, offline: tiny CLIP, DINOv2, SAM 2 and Stable Diffusion 1.5 -> ONNX -> ONNX Runtime and
     OpenVINO fp32/fp16/int8/int4, validated and timed, plus pictures of SAM 2's masks and SD's images per precision;
-    CLIP and DINOv2 also -> Core ML fp16/int8/int4 packages (timed on a Mac only)."""
+    CLIP and DINOv2 also -> Core ML fp16/int8/int4 packages (timed on a Mac only) and TensorRT fp16/int8/fp8
+    graphs + build plans (engines are built and timed on an NVIDIA GPU with `edgefm engine`)."""
     from edgefm.demo import run_demo, sam2_mask_grid, sd_image_grid
 
     rows, latencies = run_demo(Path(out), log=_log)

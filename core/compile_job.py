@@ -89,6 +89,9 @@ def compile_artifact(artifact: Path, target_name: str, precision: str, out: Path
             shutil.copy2(artifact / name, tmp / name)
         shutil.rmtree(tmp / ".work", ignore_errors=True)
         manifest = context.manifest({name: entry for name, (entry, _) in compiled.items()}, pipeline)
+        for name, text in target.artifact_files(manifest, tmp).items():
+            (tmp / name).write_text(text)
+            manifest.assets[name] = sha256_file(tmp / name)
         manifest.save(tmp)
     return manifest
 
@@ -155,7 +158,8 @@ class _Context:
         validation["allowed_below_gate"] = not validation["passed"]
         validation["attempts"] = [{"scheme": s.name, "passed": v["passed"], "value": v["value"]}
                                   for s, _, _, v in attempts]
-        static_int8 = (precision is Precision.INT8 and getattr(self.options, "int8_mode", "static") == "static"
+        static_int8 = (precision in (Precision.INT8, Precision.FP8)
+                       and getattr(self.options, "int8_mode", "static") == "static"
                        and scheme.params.get("activations") != "float")  # int8 weights alone use no calibration
         return dataclasses.replace(compiled, validation=validation,
                                    calibration=self.data.record(len(calib_feeds)) if static_int8 else None), attempt_dir

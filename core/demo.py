@@ -7,16 +7,18 @@ from typing import Callable
 DEMO_MODELS = [("clip", "tiny"), ("dinov2", "tiny"), ("sam2", "tiny"), ("sd15", "tiny")]
 DEMO_TARGETS = ["onnxruntime", "openvino"]
 DEMO_PRECISIONS = ["fp32", "fp16", "int8", "int4"]
-# Core ML packages convert anywhere but run only on Apple systems: elsewhere the table shows their
-# static checks and stand-in accuracy (see docs/coreml-notes.md) and no latency. Two families keep it short.
-DEMO_COREML = {"clip": ["fp16", "int8", "int4"], "dinov2": ["fp16", "int8", "int4"]}
+# Targets whose artifacts run elsewhere (Core ML on Apple systems, TensorRT engines on NVIDIA GPUs): the
+# table shows their static checks and the accuracy gated here (docs/coreml-notes.md, docs/tensorrt-notes.md),
+# and a latency only where they run. Two families keep it short.
+DEMO_ELSEWHERE = {"coreml": ["fp16", "int8", "int4"], "tensorrt": ["fp16", "int8", "fp8"]}
+DEMO_ELSEWHERE_FAMILIES = ("clip", "dinov2")
 
 
 def run_demo(out: Path, log: Callable[[str], None] = print):
+    from edgefm import registry
     from edgefm.bench import artifact_latencies
     from edgefm.compile_job import compile_artifact
     from edgefm.export_job import export
-    from edgefm.runtimes.coreml import unavailable_reason
 
     rows, latencies = [], {}
     for family, variant in DEMO_MODELS:
@@ -30,12 +32,13 @@ def run_demo(out: Path, log: Callable[[str], None] = print):
                 rows.append((compiled, compile_artifact(exported, target, precision, compiled,
                                                         allow_below_gate=True, overwrite=True, log=log)))
                 latencies.update(artifact_latencies(compiled))
-        for precision in DEMO_COREML.get(family, []):
-            compiled = out / family / f"coreml-{precision}"
-            rows.append((compiled, compile_artifact(exported, "coreml", precision, compiled,
-                                                    allow_below_gate=True, overwrite=True, log=log)))
-            if unavailable_reason() is None:
-                latencies.update(artifact_latencies(compiled))
+        for target, precisions in DEMO_ELSEWHERE.items() if family in DEMO_ELSEWHERE_FAMILIES else ():
+            for precision in precisions:
+                compiled = out / family / f"{target}-{precision}"
+                rows.append((compiled, compile_artifact(exported, target, precision, compiled,
+                                                        allow_below_gate=True, overwrite=True, log=log)))
+                if registry.target(target).cannot_run_here() is None:
+                    latencies.update(artifact_latencies(compiled))
     return rows, latencies
 
 

@@ -13,7 +13,7 @@ ISA_FLAGS = {"AVX2": {"avx2"}, "AVX-512": {"avx512f"}, "VNNI": {"avx512_vnni", "
              "NEON": {"asimd", "neon"}}
 # Distributions behind each edgefm runtime module (first one installed wins).
 RUNTIME_PACKAGES = {"onnxruntime": ["onnxruntime", "onnxruntime-gpu"], "openvino": ["openvino"],
-                    "coreml": ["coremltools"]}
+                    "coreml": ["coremltools"], "tensorrt": ["tensorrt", "tensorrt-cu13", "tensorrt-cu12"]}
 
 
 def package_version(*names: str) -> str | None:
@@ -47,7 +47,9 @@ def gpus() -> list[dict]:
         pynvml.nvmlInit()
         handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
         return [{"name": pynvml.nvmlDeviceGetName(h), "driver": pynvml.nvmlSystemGetDriverVersion(),
-                 "memory_mib": pynvml.nvmlDeviceGetMemoryInfo(h).total / 2**20} for h in handles]
+                 "memory_mib": pynvml.nvmlDeviceGetMemoryInfo(h).total / 2**20,
+                 "compute_capability": "{}.{}".format(*pynvml.nvmlDeviceGetCudaComputeCapability(h))}
+                for h in handles]
     except Exception:  # no NVML library, no driver, no GPU, or a query NVML refuses: report none
         return []
 
@@ -83,7 +85,8 @@ def describe(threads: int | None, runtimes: list[str]) -> dict:
 def summary_lines(info: dict) -> list[str]:
     """The block as markdown bullet lines, for reports people paste."""
     isa = ", ".join(f"{name} {'yes' if present else 'no'}" for name, present in info["isa"].items())
-    gpu = "; ".join(f"{g['name']} (driver {g['driver']}, {g['memory_mib']:.0f} MiB)" for g in info["gpus"]) or "none"
+    gpu = "; ".join(f"{g['name']} (compute capability {g.get('compute_capability', '?')}, driver {g['driver']}, "
+                    f"{g['memory_mib']:.0f} MiB)" for g in info["gpus"]) or "none"
     libs = ", ".join(f"{k} {v}" for k, v in info["libraries"].items() if v)
     return [f"- CPU: {info['cpu']}; {info['cores_available']} of {info['logical_cores']} logical cores available, "
             f"threads used: {info['threads_used']}", f"- Instruction sets: {isa}", f"- GPU: {gpu}",

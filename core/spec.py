@@ -11,6 +11,7 @@ class Precision(str, Enum):
     FP32 = "fp32"
     FP16 = "fp16"
     INT8 = "int8"
+    FP8 = "fp8"  # e4m3 QDQ (TensorRT on Hopper / Ada); gated like int8
     INT4 = "int4"
 
     @classmethod
@@ -22,6 +23,14 @@ class Precision(str, Enum):
 
 
 Dim = int | str  # a fixed size, or the symbolic name of a dynamic dimension
+RANGE_FLOOR = 64  # ranged builds give a dynamic dim without a manifest max at least this, or 4x its default
+
+
+def dim_range(rule: dict) -> tuple[int, int]:
+    """The [lower, upper] sizes a ranged build (Core ML, TensorRT) gives a dynamic dim from its manifest rule."""
+    step = rule.get("multiple_of", 1)
+    upper = rule.get("max", max(RANGE_FLOOR, 4 * rule.get("default", 1)))
+    return step, upper - upper % step
 
 
 @dataclass(frozen=True)

@@ -142,7 +142,7 @@ def from_pretrained(loader: Callable, source: Source, what: str):
 
 # Compiled vs the fp32 export, mean cosine per output on held-out real inputs. Values follow what
 # deployments of ViT embedders accept: fp16 and int4 weight-only are near-lossless, int8 QDQ a bit less.
-COSINE_GATES = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.98, "int4": 0.98}
+COSINE_GATES = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.98, "fp8": 0.98, "int4": 0.98}
 
 
 def pil_image_processor(name: str, **kwargs):

@@ -156,7 +156,7 @@ class ClipFamily(ModelFamily):
 
     def gates(self, component: str, precision: str) -> dict[str, float]:
         # Zero-shot top-1 must not change in fp32/fp16; quantized may flip near-ties.
-        agreement = {"fp32": 1.0, "fp16": 1.0, "int8": 0.9, "int4": 0.9}[precision]
+        agreement = {"fp32": 1.0, "fp16": 1.0, "int8": 0.9, "fp8": 0.9, "int4": 0.9}[precision]
         return {"cosine": COSINE_GATES[precision], "zero_shot_top1_agreement": agreement}
 
 

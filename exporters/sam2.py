@@ -360,13 +360,13 @@ class Sam2Family(ModelFamily):
     def gates(self, component: str, precision: str) -> dict[str, float]:
         gates = {"cosine": COSINE_GATES[precision]}
         if component == "mask_decoder":  # masks are what users see: thresholded logits must agree
-            gates["mask_iou"] = {"fp32": 0.99, "fp16": 0.98, "int8": 0.9, "int4": 0.9}[precision]
+            gates["mask_iou"] = {"fp32": 0.99, "fp16": 0.98, "int8": 0.9, "fp8": 0.9, "int4": 0.9}[precision]
         return gates
 
     def pipeline_gates(self, precision: str) -> dict[str, float]:
         # mean mask IoU of the compiled image predictor and video tracker vs the fp32 export's, with masks
         # thresholded at 0 (what users get) and at the fp32 logits' median (a half-full mask in every case)
-        gate = {"fp32": 0.99, "fp16": 0.98, "int8": 0.95, "int4": 0.95}[precision]
+        gate = {"fp32": 0.99, "fp16": 0.98, "int8": 0.95, "fp8": 0.95, "int4": 0.95}[precision]
         return {"mask_iou": gate, "mask_iou_median": gate}
 
 

@@ -260,7 +260,7 @@ class DiffusionFamily(ModelFamily):
     def pipeline_gates(self, precision: str) -> dict[str, float]:
         """PSNR (dB) of the final images vs the fp32 export's pipeline, same prompts, seeds and steps: 35 dB is
         the issue's bar for fp16 (no visible change); 30 dB for int8/int4 (close, like a high-quality JPEG)."""
-        return {"psnr": {"fp32": 40.0, "fp16": 35.0, "int8": 30.0, "int4": 30.0}[precision]}
+        return {"psnr": {"fp32": 40.0, "fp16": 35.0, "int8": 30.0, "fp8": 30.0, "int4": 30.0}[precision]}
 
 
 def _token_inputs(bos: int, eos: int, pad: int, vocab: int):

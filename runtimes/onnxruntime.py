@@ -30,6 +30,10 @@ class OnnxRuntimeSession(Session):
         if memory_arena is None:
             memory_arena = entry.size_mib(Path(path).parent) < ARENA_MAX_MIB
         options.enable_cpu_mem_arena = memory_arena
+        if entry.target == "tensorrt":
+            # graphs written for TensorRT run as written: ORT's QDQ fusions (QLinearConcat, ...) would compute
+            # something else than the engine, and reject the fp16 scales TensorRT reads
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         self.path = Path(path)
         self._session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
         self._output_names = [o.name for o in entry.outputs]

@@ -78,3 +78,7 @@ class Target:
     def static_checks(self, request: CompileRequest, entry: ComponentEntry, options) -> list:
         """Checks of the written file that need no runtime (names, shapes, weight storage): a list of Check."""
         return []
+
+    def artifact_files(self, manifest, directory: Path) -> dict[str, str]:
+        """Files the target adds to a compiled artifact beside its components (name -> text), as assets."""
+        return {}

@@ -25,12 +25,11 @@ import numpy as np
 
 from edgefm.errors import EdgefmError, UnknownChoiceError
 from edgefm.manifest import ComponentEntry, sha256_file
-from edgefm.spec import Precision
+from edgefm.spec import Precision, dim_range
 from edgefm.targets.base import CompileRequest, Scheme, Target
 
 DEPLOYMENT_TARGETS = ("ios17", "macos14", "ios18", "macos15")
 COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
-RANGE_FLOOR = 64  # ranged dims without a manifest max reach at least this, or 4x their default
 STORAGE = {"fp32": "FLOAT32", "fp16": "FLOAT16", "int8": "INT8", "int4": "INT4"}
 
 
@@ -257,9 +256,7 @@ def _shapes(entry: ComponentEntry, options: CoreMLOptions) -> dict[str, list]:
             elif options.fixed_shapes:
                 shape.append(rule.get("default", 1))
             else:
-                step = rule.get("multiple_of", 1)
-                upper = rule.get("max", max(RANGE_FLOOR, 4 * rule.get("default", 1)))
-                shape.append([step, upper - upper % step])
+                shape.append(list(dim_range(rule)))
         shapes[spec.name] = shape
     return shapes
 

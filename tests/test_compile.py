@@ -125,10 +125,12 @@ def test_bad_calibration_folders(dinov2_exported, tmp_path, setup, message):
 
 
 def test_bad_compile_requests(dinov2_exported, compiled, tmp_path):
-    with pytest.raises(UnknownChoiceError, match="valid choices: coreml, onnxruntime, openvino"):
+    with pytest.raises(UnknownChoiceError, match="valid choices: coreml, onnxruntime, openvino, tensorrt"):
         compile_artifact(dinov2_exported, "tflite", "fp32", tmp_path / "a", log=lambda m: None)
-    with pytest.raises(UnknownChoiceError, match="fp16, fp32, int4, int8"):
+    with pytest.raises(UnknownChoiceError, match="fp16, fp32, fp8, int4, int8"):
         compile_artifact(dinov2_exported, "onnxruntime", "int3", tmp_path / "a", log=lambda m: None)
+    with pytest.raises(UnknownChoiceError, match="precision for onnxruntime.*fp16, fp32, int4, int8"):
+        compile_artifact(dinov2_exported, "onnxruntime", "fp8", tmp_path / "a", log=lambda m: None)
     with pytest.raises(ArtifactError, match="already compiled"):
         compile_artifact(compiled("dinov2", "fp32"), "onnxruntime", "int8", tmp_path / "a", log=lambda m: None)
     with pytest.raises(ArtifactError, match="no manifest.json"):
