@@ -1,8 +1,9 @@
 """`edgefm engine`: build the TensorRT engines of a TensorRT-compiled artifact on this GPU, from its build plan.
 
 Engines are cached by `tensorrt_plan.engine_cache_key` (graph and external weights sha256, precision,
-profile, build settings, TensorRT version, compute capability) and share a timing cache per TensorRT version and GPU, so a rebuild
-of an unchanged component is a copy. The artifact is rewritten whole or not at all.
+profile, build settings, TensorRT version, compute capability) and share a timing cache per TensorRT
+version and GPU, so a rebuild of an unchanged component is a copy. The artifact is rewritten whole or
+not at all.
 """
 from __future__ import annotations
 
