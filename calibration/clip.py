@@ -29,9 +29,10 @@ def feeds(component: str, manifest: Manifest, directory: Path, data: Calibration
 
 def extra_checks(component: str, candidate, reference: dict, manifest: Manifest, directory: Path,
                  data: CalibrationData, gates: dict) -> list[Check]:
-    """Zero-shot top-1 over the calibration photos: does the compiled encoder pick the same label?
+    """Zero-shot top-1 over the photos (does each photo keep its label?) and text-to-image retrieval top-1
+    (does each label prompt keep its best photo?).
 
-    The other encoder stays the fp32 reference, so the figure belongs to this component alone.
+    The other encoder stays the fp32 reference, so the figures belong to this component alone.
     """
     pixels = {"pixel_values": _pixels(data.all_images, manifest)}
     tokenize = TextTokenizer.from_task(manifest.task, directory)
@@ -42,6 +43,8 @@ def extra_checks(component: str, candidate, reference: dict, manifest: Manifest,
         got = normalize(candidate.run(pixels)["image_embeds"]) @ ref_texts.T
     else:
         got = ref_images @ normalize(candidate.run(ids)["text_embeds"]).T
-    value = top1_agreement(got, ref_images @ ref_texts.T)
-    return [Check("zero_shot_top1_agreement", value, gates["zero_shot_top1_agreement"],
-                  detail={"images": len(data.all_images), "labels": len(data.labels)})]
+    ref = ref_images @ ref_texts.T
+    detail = {"images": len(data.all_images), "labels": len(data.labels)}
+    return [Check("zero_shot_top1_agreement", top1_agreement(got, ref), gates["zero_shot_top1_agreement"], detail=detail),
+            Check("text_to_image_top1_agreement", top1_agreement(got.T, ref.T), gates["text_to_image_top1_agreement"],
+                  detail=detail)]

@@ -302,17 +302,27 @@ def validate(artifact, against, calib):
 @main.command()
 @click.argument("artifact", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the raw manifest.")
-def inspect(artifact, as_json):
+@click.option("--sensitivity", is_flag=True, help="Show each quantized layer's measured error contribution and "
+              "which layers the compile kept in float.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="With --sensitivity: also draw it to this PNG.")
+def inspect(artifact, as_json, sensitivity, plot):
     """Show an artifact's manifest for people (or as JSON)."""
     from edgefm.manifest import Manifest
 
+    if plot and not sensitivity:
+        raise click.UsageError("--plot draws the --sensitivity view; add --sensitivity")
     manifest = Manifest.load(Path(artifact), verify=False)
     if as_json:
         click.echo(json.dumps(manifest.to_json(), indent=2))
         return
-    from edgefm.report import inspect_view
+    from edgefm import report
 
-    _console(stderr=False).print(inspect_view(Path(artifact), manifest))
+    if sensitivity:
+        _console(stderr=False).print(report.sensitivity_view(manifest))
+        if plot:
+            report.sensitivity_plot(manifest, Path(plot))
+        return
+    _console(stderr=False).print(report.inspect_view(Path(artifact), manifest))
 
 
 def _batches(ctx, param, value: str) -> list[int]:

@@ -15,6 +15,7 @@ from edgefm.errors import ArtifactError, EdgefmError, GateError, UnknownChoiceEr
 from edgefm.manifest import ComponentEntry, Manifest, sha256_file
 from edgefm.spec import Precision, describe_checks
 from edgefm.staging import staging_dir
+from edgefm.sensitivity import margin, search
 from edgefm.validation import validate_component
 
 
@@ -122,6 +123,11 @@ class _Context:
         calib_feeds, heldout = self.recipe.feeds(name, self.source, self.artifact, self.data)
         gates = self.family.gates(name, precision.value)
         work = self.out_dir / ".work" / f"{name}-{precision.value}"
+
+        def validate(candidate, static: list) -> dict:
+            return validate_component(name, candidate, self.reference, heldout, gates, self.recipe, self.source,
+                                      self.artifact, self.data, static)
+
         attempts = []
         for index, scheme in enumerate(self.target.schemes(precision, self.options, entry)):
             attempt_dir = work / str(index)
@@ -137,27 +143,33 @@ class _Context:
                                   + ", ".join(f"{c.metric} {c.value:.4g} (gate {c.gate}) {c.detail}" for c in broken)
                                   + "); this is a conversion problem, please report it with `edgefm --version`")
             candidate = self.target.validation_session(request, compiled, self.options)
-            validation = validate_component(name, candidate, self.reference, heldout, gates, self.recipe,
-                                            self.source, self.artifact, self.data, static)
-            attempts.append((scheme, attempt_dir, compiled, validation))
+            validation = validate(candidate, static)
+            attempts.append((scheme, attempt_dir, compiled, validation, request))
             if self.target.cannot_run_here():
                 self.stand_ins[attempt_dir] = candidate
             self.log(f"{name}: {describe_checks(validation)} -> {'pass' if validation['passed'] else 'below gate'}")
             if validation["passed"]:
                 break
-        scheme, attempt_dir, compiled, validation = next(
-            (a for a in attempts if a[3]["passed"]), max(attempts, key=lambda a: a[3]["value"]))
-        for _, other_dir, _, _ in attempts:  # stand-ins are whole torch models: keep the chosen one only
+        if not any(a[3]["passed"] for a in attempts):  # then the fewest layers in float that pass, from data
+            self.log(f"{name}: below its gates after every scheme; measuring which layers to keep in float")
+            found = search(self, name, max(attempts, key=lambda a: margin(a[3])), validate)
+            if found:
+                attempts.append(found[0])
+                if self.target.cannot_run_here():
+                    self.stand_ins[found[0][1]] = found[1]
+        scheme, attempt_dir, compiled, validation, _ = next(
+            (a for a in attempts if a[3]["passed"]), max(attempts, key=lambda a: margin(a[3])))
+        for _, other_dir, _, _, _ in attempts:  # stand-ins are whole torch models: keep the chosen one only
             if other_dir != attempt_dir:
                 self.stand_ins.pop(other_dir, None)
         if not validation["passed"] and not self.allow_below_gate:
-            tried = "; ".join(f"{s.name}: {describe_checks(v)}" for s, _, _, v in attempts)
+            tried = "; ".join(f"{s.name}: {describe_checks(v)}" for s, _, _, v, _ in attempts)
             finding = f"{name} in {precision.value} stays below its gate after every scheme ({tried})"
             raise GateError(f"{finding}. Try another precision, calibrate on your own images with --calib DIR, or "
                             "keep the best attempt anyway with --allow-below-gate (recorded in the manifest)", finding)
         validation["allowed_below_gate"] = not validation["passed"]
         validation["attempts"] = [{"scheme": s.name, "passed": v["passed"], "value": v["value"]}
-                                  for s, _, _, v in attempts]
+                                  for s, _, _, v, _ in attempts]
         static_int8 = (precision in (Precision.INT8, Precision.FP8)
                        and getattr(self.options, "int8_mode", "static") == "static"
                        and scheme.params.get("activations") != "float")  # int8 weights alone use no calibration

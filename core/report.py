@@ -76,3 +76,49 @@ def inspect_view(directory: Path, manifest: Manifest):
                 io.add_row(kind, spec.name, spec.dtype, str(list(spec.shape)))
         parts += [io, Pretty({"options": entry.options, "calibration": entry.calibration})]
     return Group(*parts)
+
+
+def sensitivity_view(manifest: Manifest, top: int = 25):
+    """Per component whose compile searched for layers to keep in float: each layer's measured error contribution."""
+    from rich.console import Group
+    from rich.table import Table
+
+    tables = []
+    for name, entry in manifest.components.items():
+        record = (entry.validation or {}).get("float_layers")
+        if not record:
+            continue
+        kept = set(record["kept"])
+        ranking = record["ranking"]
+        latency = record["latency_ms_batch1"]
+        table = Table(title=f"{name}: {len(kept)} of {len(ranking['layers'])} layers kept in float (from "
+                            f"{record['from_scheme']}); batch-1 ms {latency['all_quantized']:.2f} all quantized -> "
+                            f"{latency['chosen']:.2f}. Contribution: {ranking['metric']}, on {ranking['measured_on']}")
+        for column in ("rank", "layer", "error contribution", "kept in float"):
+            table.add_column(column)
+        for index, layer in enumerate(ranking["layers"][:top]):
+            table.add_row(str(index + 1), layer["name"], f"{layer['contribution']:.3g}",
+                          "yes" if layer["name"] in kept else "")
+        tables.append(table)
+    return Group(*tables) if tables else "no component of this artifact needed layers kept in float"
+
+
+def sensitivity_plot(manifest: Manifest, path: Path) -> None:
+    """A bar per layer (graph order) of its error contribution, the ones kept in float in red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = {n: e.validation["float_layers"] for n, e in manifest.components.items()
+               if (e.validation or {}).get("float_layers")}
+    fig, axes = plt.subplots(len(records) or 1, 1, figsize=(12, 3.5 * max(len(records), 1)), squeeze=False)
+    for ax, (name, record) in zip(axes[:, 0], records.items()):
+        layers = record["ranking"]["layers"]
+        ax.bar(range(len(layers)), [layer["contribution"] for layer in layers],
+               color=["#d62728" if layer["name"] in record["kept"] else "#1e90ff" for layer in layers])
+        ax.set_title(f"{name}: error contribution per quantized layer, by rank (red: kept in float)", fontsize=10)
+        ax.set_xlabel("layer rank")
+        ax.set_ylabel("drop of 1 - cosine")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

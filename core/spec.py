@@ -79,4 +79,5 @@ def validation_record(checks: list[Check], reference: str, inputs: str, **extra)
 
 def describe_checks(validation: dict) -> str:
     """One line for logs and errors: every check's value and gate."""
-    return ", ".join(f"{c['metric']} {c['value']:.5f} (gate {c['gate']})" for c in validation["checks"])
+    return ", ".join(f"{c['metric']} {c['value']:.5f} (gate {c['gate']}{'; ' + c['note'] if c.get('note') else ''})"
+                     for c in validation["checks"])

@@ -114,7 +114,8 @@ class ModelFamily:
         raise NotImplementedError
 
     def gates(self, component: str, precision: str) -> dict[str, float]:
-        """Accuracy gates for a compiled component vs the fp32 export: metric -> minimum value."""
+        """Accuracy gates for a compiled component vs the fp32 export: metric -> minimum value, from the
+        table in edgefm.gates (`gates_for(precision, metrics, overrides)`)."""
         raise NotImplementedError
 
     def keep_fp32(self, manifest, precision: str) -> dict[str, str]:
@@ -138,11 +139,6 @@ def from_pretrained(loader: Callable, source: Source, what: str):
                 "or use --variant tiny / --random-weights offline")
         raise EdgefmError(f"could not load the {what} from {source.id!r}: {exc.__class__.__name__}: "
                           f"{str(exc).splitlines()[0] if str(exc) else ''}; {hint}") from None
-
-
-# Compiled vs the fp32 export, mean cosine per output on held-out real inputs. Values follow what
-# deployments of ViT embedders accept: fp16 and int4 weight-only are near-lossless, int8 QDQ a bit less.
-COSINE_GATES = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.98, "fp8": 0.98, "int4": 0.98}
 
 
 def pil_image_processor(name: str, **kwargs):

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefm.exporters.base import (COSINE_GATES, Component, ExportOptions, LoadedModel, ModelFamily, Source,
+from edgefm.exporters.base import (Component, ExportOptions, LoadedModel, ModelFamily, Source,
                                    Variant, from_pretrained, pil_image_processor, preprocess_config,
                                    weights_sha256)
+from edgefm.gates import gates_for
 from edgefm.spec import TensorSpec
 
 _TEXT_B = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
@@ -155,9 +156,8 @@ class ClipFamily(ModelFamily):
                 "logit_scale": float(math.exp(loaded.model.logit_scale.item()))}
 
     def gates(self, component: str, precision: str) -> dict[str, float]:
-        # Zero-shot top-1 must not change in fp32/fp16; quantized may flip near-ties.
-        agreement = {"fp32": 1.0, "fp16": 1.0, "int8": 0.9, "fp8": 0.9, "int4": 0.9}[precision]
-        return {"cosine": COSINE_GATES[precision], "zero_shot_top1_agreement": agreement}
+        # Zero-shot labels and text-to-image retrieval must not change in fp32/fp16; quantized may flip near-ties.
+        return gates_for(precision, ("cosine", "zero_shot_top1_agreement", "text_to_image_top1_agreement"))
 
 
 FAMILY = ClipFamily()

@@ -6,9 +6,10 @@ from pathlib import Path
 import numpy as np
 
 from edgefm.errors import EdgefmError
-from edgefm.exporters.base import (COSINE_GATES, Component, ExportOptions, LoadedModel, ModelFamily, Source,
+from edgefm.exporters.base import (Component, ExportOptions, LoadedModel, ModelFamily, Source,
                                    Variant, from_pretrained, pil_image_processor, preprocess_config,
                                    weights_sha256)
+from edgefm.gates import gates_for
 from edgefm.spec import TensorSpec
 
 PATCH = 14
@@ -146,7 +147,8 @@ class Dinov2Family(ModelFamily):
                 "num_register_tokens": getattr(loaded.model.config, "num_register_tokens", 0)}
 
     def gates(self, component: str, precision: str) -> dict[str, float]:
-        return {"cosine": COSINE_GATES[precision]}
+        # what users of the features lose: retrieval (CLS nearest neighbours) and dense matching (patches)
+        return gates_for(precision, ("cosine", "cls_knn_agreement", "patch_match_agreement"))
 
 
 FAMILY = Dinov2Family()

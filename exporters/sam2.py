@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from edgefm.errors import EdgefmError
-from edgefm.exporters.base import (COSINE_GATES, Component, ExportOptions, LoadedModel, ModelFamily, Source,
+from edgefm.exporters.base import (Component, ExportOptions, LoadedModel, ModelFamily, Source,
                                    Variant, from_pretrained, weights_sha256)
+from edgefm.gates import gates_for
 from edgefm.spec import TensorSpec
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -358,16 +359,15 @@ class Sam2Family(ModelFamily):
                           "no_object_score": -1024.0, "no_object_pointer": NO_OBJECT_POINTER}}
 
     def gates(self, component: str, precision: str) -> dict[str, float]:
-        gates = {"cosine": COSINE_GATES[precision]}
-        if component == "mask_decoder":  # masks are what users see: thresholded logits must agree
-            gates["mask_iou"] = {"fp32": 0.99, "fp16": 0.98, "int8": 0.9, "fp8": 0.9, "int4": 0.9}[precision]
-        return gates
+        if component != "mask_decoder":
+            return gates_for(precision, ("cosine",))
+        # masks are what users see: thresholded logits must agree (one decoder call; end to end is stricter)
+        return gates_for(precision, ("cosine", "mask_iou"), {"mask_iou": {"int8": 0.9, "fp8": 0.9, "int4": 0.9}})
 
     def pipeline_gates(self, precision: str) -> dict[str, float]:
         # mean mask IoU of the compiled image predictor and video tracker vs the fp32 export's, with masks
         # thresholded at 0 (what users get) and at the fp32 logits' median (a half-full mask in every case)
-        gate = {"fp32": 0.99, "fp16": 0.98, "int8": 0.95, "fp8": 0.95, "int4": 0.95}[precision]
-        return {"mask_iou": gate, "mask_iou_median": gate}
+        return gates_for(precision, ("mask_iou", "mask_iou_median"))
 
 
 FAMILY = Sam2Family()

@@ -79,6 +79,16 @@ class Target:
         """Checks of the written file that need no runtime (names, shapes, weight storage): a list of Check."""
         return []
 
+    def quantized_layers(self, request: CompileRequest, file: str) -> list[str]:
+        """Layers of the written file that compute in reduced precision and that `restore_layers` can put back
+        in float, in graph order; empty where the target cannot (then no per-layer search runs)."""
+        return []
+
+    def restore_layers(self, request: CompileRequest, file: str, into: CompileRequest, options) -> str:
+        """Write into `into.out_dir` the compiled `file` of `request` with the layers `into.scheme.params
+        ["float_layers"]` computing in float; return the written file's name."""
+        raise NotImplementedError
+
     def artifact_files(self, manifest, directory: Path) -> dict[str, str]:
         """Files the target adds to a compiled artifact beside its components (name -> text), as assets."""
         return {}

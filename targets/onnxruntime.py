@@ -5,8 +5,10 @@ compiled files differ from the fp32 artifact only in what the precision changes.
 """
 from __future__ import annotations
 
+import copy
 import logging
-from contextlib import contextmanager
+import sys
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +41,12 @@ class OnnxRuntimeOptions:
 
 @contextmanager
 def quiet_logs():
-    """ONNX Runtime's quantizers log every node at INFO and advice at WARNING on the root logger."""
+    """ONNX Runtime's quantizers log every node at INFO and advice at WARNING on the root logger, and its
+    histogram calibrators print to stdout, where edgefm's result tables go."""
     logging.disable(logging.WARNING)
     try:
-        yield
+        with redirect_stdout(sys.stderr):
+            yield
     finally:
         logging.disable(logging.NOTSET)
 
@@ -59,6 +63,9 @@ class _FeedReader:
 
     def rewind(self):
         self._iter = iter(self._feeds)
+
+    def __iter__(self):  # GPTQ (onnxruntime.quantization.neural_compressor) iterates the reader
+        return iter(self._feeds)
 
 
 def _external(request: CompileRequest) -> bool:
@@ -77,6 +84,25 @@ def _ends(path: Path, op_types: list[str]) -> list[str]:
 
     return first_and_last([n.name for n in onnx.load(str(path), load_external_data=False).graph.node
                            if n.op_type in op_types])
+
+
+def largest_same_shape_group(feeds: list[dict]) -> list[dict]:
+    """The feeds sharing the most common input shapes: ONNX Runtime's histogram calibrators (entropy,
+    distribution) stack each tensor across feeds, so they fail on SAM 2's varying point / memory counts."""
+    groups: dict[tuple, list[dict]] = {}
+    for feed in feeds:
+        groups.setdefault(tuple((k, v.shape) for k, v in sorted(feed.items())), []).append(feed)
+    return max(groups.values(), key=len)
+
+
+def _with_weights(path: Path, op_types: list[str]) -> list[str]:
+    """Nodes of `op_types` with a constant (weight) operand; for Gather, a constant table (data, not indices)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    constants = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    return [n.name for n in graph.node if n.op_type in op_types
+            and (n.input[0] in constants if n.op_type == "Gather" else any(i in constants for i in n.input))]
 
 
 class OnnxRuntimeTarget(Target):
@@ -99,11 +125,18 @@ class OnnxRuntimeTarget(Target):
             return [Scheme("dynamic-matmul", {"exclude_ends": False}),
                     Scheme("dynamic-matmul-ends-float", {"exclude_ends": True})]
         if precision is Precision.INT8:
-            # Quantizing only the matrix products is the usual choice for transformers: the element-wise
-            # ops (Add, Mul, Softmax, norms) cost little and lose the most accuracy in int8.
-            return [Scheme("qdq-matmul-conv", {"op_types": MATMUL_CONV, "exclude_ends": False}),
-                    Scheme("qdq-matmul-conv-ends-float", {"op_types": MATMUL_CONV, "exclude_ends": True}),
-                    Scheme("qdq-matmul", {"op_types": ["MatMul"], "exclude_ends": True})]
+            # Only the products with a weight operand, the usual choice for transformers: element-wise ops
+            # (Add, Mul, Softmax, norms) and attention's activation x activation products cost little and
+            # lose the most in int8. Entropy ranges first: trained ViTs carry outlier activations that min/max
+            # ranges spend the int8 grid on (trained DINOv2-S/14 at 224: patch-match agreement 0.958 with
+            # entropy ranges, 0.903 with min/max over every product).
+            # Embedding tables (Gather of a constant: CLIP's token embeddings are 40% of its text encoder) are
+            # quantized too on the first rungs; the last keeps them float.
+            tables = {"op_types": MATMUL_CONV + ["Gather"], "weights_only": True}
+            weights = {"op_types": MATMUL_CONV, "weights_only": True}
+            return [Scheme("qdq-weights-entropy", {**tables, "calibration": "entropy", "exclude_ends": False}),
+                    Scheme("qdq-weights-minmax", {**tables, "calibration": "minmax", "exclude_ends": False}),
+                    Scheme("qdq-weights-entropy-ends-float", {**weights, "calibration": "entropy", "exclude_ends": True})]
         block = options.int4_group_size
         ladder = [Scheme(f"int4-sym-block{block}", {"symmetric": True, "block": block, "exclude_ends": False}),
                   Scheme(f"int4-asym-block{block}", {"symmetric": False, "block": block, "exclude_ends": False}),
@@ -159,7 +192,8 @@ class OnnxRuntimeTarget(Target):
         model.save_model_to_file(str(out), use_external_data_format=external)
 
     def _int8(self, base: Path, out: Path, request: CompileRequest, options: OnnxRuntimeOptions, params: dict) -> None:
-        from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+        from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
+                                              quantize_static)
 
         exclude = _ends(base, MATMUL_CONV) if params["exclude_ends"] else []
         if options.int8_mode == "dynamic":
@@ -167,20 +201,92 @@ class OnnxRuntimeTarget(Target):
                              weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
                              use_external_data_format=_external(request))
             return
-        quantize_static(str(base), str(out), _FeedReader(request.calibration_feeds), quant_format=QuantFormat.QDQ,
+        method = {"entropy": CalibrationMethod.Entropy, "minmax": CalibrationMethod.MinMax}[params["calibration"]]
+        feeds = request.calibration_feeds if method is CalibrationMethod.MinMax else largest_same_shape_group(
+            request.calibration_feeds)
+        quantize_static(str(base), str(out), _FeedReader(feeds), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=params["op_types"], per_channel=True,
+                        nodes_to_quantize=_with_weights(base, params["op_types"]) if params["weights_only"] else None,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                        use_external_data_format=_external(request))
+                        calibrate_method=method, use_external_data_format=_external(request))
 
     def _int4(self, base: Path, out: Path, request: CompileRequest, options: OnnxRuntimeOptions, params: dict) -> None:
         import onnx
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+        # embedding tables (Gather of a constant) too, as GatherBlockQuantized; the per-layer search can restore them
         quantizer = MatMulNBitsQuantizer(onnx.load(str(base)), block_size=params["block"], is_symmetric=params["symmetric"],
                                          accuracy_level=options.int4_accuracy_level or None,
-                                         nodes_to_exclude=_ends(base, ["MatMul"]) if params["exclude_ends"] else [])
+                                         nodes_to_exclude=_ends(base, ["MatMul"]) if params["exclude_ends"] else [],
+                                         op_types_to_quantize=("MatMul", "Gather"))
         quantizer.process()
         quantizer.model.save_model_to_file(str(out), use_external_data_format=_external(request))
+
+    # -- layers back in float (the per-layer search of edgefm.sensitivity) -----------------------
+    def quantized_layers(self, request: CompileRequest, file: str) -> list[str]:
+        import onnx
+
+        return quantized_nodes(onnx.load(str(request.out_dir / file), load_external_data=False).graph)
+
+    def restore_layers(self, request: CompileRequest, file: str, into: CompileRequest, options) -> str:
+        import onnx
+
+        model = onnx.load(str(request.out_dir / file))
+        base = onnx.load(str(request.work_dir / f"{request.component}.fp32.onnx"))
+        restore_nodes(model.graph, base.graph, set(into.scheme.params["float_layers"]))
+        onnx.save_model(model, str(into.out_dir / file), save_as_external_data=_external(request),
+                        all_tensors_to_one_file=True, location=f"{file}.data")
+        return file
+
+
+def quantized_nodes(graph) -> list[str]:
+    """Products and tables that compute in reduced precision: reading a DequantizeLinear, or ONNX Runtime's
+    block-quantized ops."""
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return [n.name for n in graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized")
+            or (n.op_type in MATMUL_CONV + ["Gather"] and any(i in dequantized for i in n.input))]
+
+
+def restore_nodes(graph, base, layers: set[str]) -> None:
+    """Swap each named quantized node for its fp32 original from the graph the quantizers started from (by name,
+    else by output: int4 renames the nodes it quantizes), bring its float weights, and drop what no longer
+    feeds anything. Written here because ONNX Runtime's quantizers can only exclude nodes by
+    re-quantizing, which re-runs calibration for every trial of the search."""
+    by_name, by_output = {n.name: n for n in base.node}, {n.output[0]: n for n in base.node}
+    weights = {t.name: t for t in base.initializer}
+    present = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}  # a QDQ bias: DQ output
+    nodes, restored = [], set()
+    for node in graph.node:
+        if node.name in layers:
+            original = copy.deepcopy(by_name.get(node.name) or by_output[node.output[0]])
+            original.output[:] = node.output  # a QDQ product writing a graph output writes it under another name
+            node = original
+            restored.update(node.output)
+            for name in node.input:
+                if name in weights and name not in present:
+                    graph.initializer.append(weights[name])
+                    present.add(name)
+        nodes.append(node)
+    # What a restored node writes is no longer quantized for the float ops that read it (bias Add, reshapes):
+    # they read the tensor, not DQ(Q(tensor)). Quantized products downstream keep their quantized input.
+    quantized = {n.output[0]: n.input[0] for n in nodes if n.op_type == "QuantizeLinear" and n.input[0] in restored}
+    bypass = {n.output[0]: quantized[n.input[0]] for n in nodes if n.op_type == "DequantizeLinear"
+              and n.input[0] in quantized}
+    for node in nodes:
+        if node.op_type not in MATMUL_CONV + ["MatMulNBits"]:  # Gather: its output is what the table held
+            for index, name in enumerate(node.input):
+                node.input[index] = bypass.get(name, name)
+    needed = {o.name for o in graph.output}
+    kept = []
+    for node in reversed(nodes):  # nodes are in topological order: one backward sweep finds the live ones
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(node.input)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    unused = [t for t in graph.initializer if t.name not in needed]
+    for tensor in unused:
+        graph.initializer.remove(tensor)
 
 
 TARGET = OnnxRuntimeTarget()

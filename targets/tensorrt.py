@@ -114,6 +114,16 @@ class TensorRTTarget(Target):
 
         return tensorrt_graphs.checks(request, request.out_dir / entry.file)
 
+    def quantized_layers(self, request: CompileRequest, file: str) -> list[str]:
+        from edgefm.targets import tensorrt_graphs
+
+        return tensorrt_graphs.quantized_layers(request)
+
+    def restore_layers(self, request: CompileRequest, file: str, into: CompileRequest, options: TensorRTOptions) -> str:
+        from edgefm.targets import tensorrt_graphs
+
+        return tensorrt_graphs.restore(request, into, options)
+
     def artifact_files(self, manifest, directory) -> dict[str, str]:
         """The build plan, written beside the graphs: what `edgefm engine` needs on the device."""
         import json

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from edgefm.spec import Check, Precision
 from edgefm.targets.base import CompileRequest
-from edgefm.targets.onnxruntime import MATMUL_CONV, _FeedReader, _ends, quiet_logs
+from edgefm.targets.onnxruntime import (MATMUL_CONV, _FeedReader, _ends, largest_same_shape_group, quantized_nodes,
+                                       quiet_logs, restore_nodes)
 
 FP16_MAX = 65504.0
 PINS_SUFFIX = ".fp16_pins.json"  # the pin list travels with its graph (a data file of the component)
@@ -23,10 +24,7 @@ QDQ_TYPES = {Precision.INT8: "INT8", Precision.FP8: "FLOAT8E4M3FN", Precision.IN
 
 def write(request: CompileRequest, options) -> str:
     """Write `<component>.onnx` (+ its pin list) for the request's precision and scheme; return the file name."""
-    import onnx
-
     with quiet_logs():
-        out = request.out_dir / f"{request.component}.onnx"
         params, precision = request.scheme.params, request.precision
         pins = [] if precision is Precision.FP32 else fp16_pins(request, options.fp16_data_max)
         float_nodes = []  # matrix products the scheme leaves unquantized
@@ -34,16 +32,49 @@ def write(request: CompileRequest, options) -> str:
             float_nodes = _qdq(request, params, pins)
         elif precision is Precision.INT4:
             float_nodes = _int4_weights(request, params)
-        model = onnx.load(str(fp32_typed(request)))
-        rest = "fp32" if precision is Precision.FP32 else params.get("rest", "fp16")
-        if rest == "fp16":
-            model = _to_fp16(model, pins, params.get("pin_ops", []))
-        _save(model, out, bool(request.entry.data_files))
-        record = {"data_max": options.fp16_data_max, "rest": rest, "nodes": pins if rest == "fp16" else [],
-                  "op_types": params.get("pin_ops", []), "not_quantized": sorted(set(float_nodes)),
-                  "ranges_from": f"{len(request.calibration_feeds)} calibration feeds, fp32 graph on ONNX Runtime"}
-        (request.out_dir / f"{request.component}{PINS_SUFFIX}").write_text(json.dumps(record, indent=1) + "\n")
-        return out.name
+        return _typed(request, options, pins, float_nodes)
+
+
+def _typed(request: CompileRequest, options, pins: list[str], float_nodes: list[str]) -> str:
+    """`fp32_typed(request)` with the rest in fp16 but the pins, written with its pin list; the file name."""
+    import onnx
+
+    out, params = request.out_dir / f"{request.component}.onnx", request.scheme.params
+    model = onnx.load(str(fp32_typed(request)))
+    rest = "fp32" if request.precision is Precision.FP32 else params.get("rest", "fp16")
+    if rest == "fp16":
+        model = _to_fp16(model, pins, params.get("pin_ops", []))
+    _save(model, out, bool(request.entry.data_files))
+    record = {"data_max": options.fp16_data_max, "rest": rest, "nodes": pins if rest == "fp16" else [],
+              "op_types": params.get("pin_ops", []), "not_quantized": sorted(set(float_nodes)),
+              "ranges_from": f"{len(request.calibration_feeds)} calibration feeds, fp32 graph on ONNX Runtime"}
+    (request.out_dir / f"{request.component}{PINS_SUFFIX}").write_text(json.dumps(record, indent=1) + "\n")
+    return out.name
+
+
+def quantized_layers(request: CompileRequest) -> list[str]:
+    import onnx
+
+    return quantized_nodes(onnx.load(str(fp32_typed(request)), load_external_data=False).graph)
+
+
+def restore(request: CompileRequest, into: CompileRequest, options) -> str:
+    """`request`'s quantized graph with `into`'s float_layers back in fp32 (their nodes and weights from the
+    export), typed and written as `into`'s graph: no calibration runs again."""
+    import onnx
+
+    layers = into.scheme.params["float_layers"]
+    with quiet_logs():
+        model, source = onnx.load(str(fp32_typed(request))), onnx.load(str(request.source))
+        # the export's names of the layers: int4 renames the nodes it quantizes, keeping what they write
+        names, writes = {n.name for n in source.graph.node}, {n.name: n.output[0] for n in model.graph.node}
+        original = {n.output[0]: n.name for n in source.graph.node}
+        restored = [name if name in names else original[writes[name]] for name in layers]
+        restore_nodes(model.graph, source.graph, set(layers))
+        _save(model, fp32_typed(into), bool(request.entry.data_files))
+        before = json.loads((request.out_dir / f"{request.component}{PINS_SUFFIX}").read_text())
+        pins = fp16_pins(request, options.fp16_data_max)
+        return _typed(into, options, pins, before["not_quantized"] + restored)
 
 
 def fp32_typed(request: CompileRequest) -> Path:
@@ -103,7 +134,7 @@ def _qdq(request: CompileRequest, params: dict, pins: list[str]) -> list[str]:
     if request.precision is Precision.FP8:  # per-tensor e4m3; ONNX Runtime's float8 path calibrates by distribution
         types = dict(activation_type=QuantType.QFLOAT8E4M3FN, weight_type=QuantType.QFLOAT8E4M3FN,
                      per_channel=False, calibrate_method=CalibrationMethod.Distribution)
-        feeds = _largest_same_shape_group(feeds)
+        feeds = largest_same_shape_group(feeds)
     else:
         types = dict(activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=True,
                      calibrate_method=CalibrationMethod.MinMax)
@@ -113,15 +144,6 @@ def _qdq(request: CompileRequest, params: dict, pins: list[str]) -> list[str]:
                         nodes_to_exclude=exclude, extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
                         use_external_data_format=bool(request.entry.data_files), **types)
     return exclude
-
-
-def _largest_same_shape_group(feeds: list[dict]) -> list[dict]:
-    """The feeds sharing the most common input shapes: ONNX Runtime's histogram calibration stacks each
-    tensor across feeds, so it fails on SAM 2's varying point / memory counts."""
-    groups: dict[tuple, list[dict]] = {}
-    for feed in feeds:
-        groups.setdefault(tuple((k, v.shape) for k, v in sorted(feed.items())), []).append(feed)
-    return max(groups.values(), key=len)
 
 
 def _activation_products(path: Path) -> list[str]:
@@ -182,7 +204,7 @@ def checks(request: CompileRequest, path: Path) -> list[Check]:
     qdq_type = QDQ_TYPES.get(request.precision)
     if qdq_type:
         asked = _quantizable(request.source, qdq_type) - set(pins.get("not_quantized", []))
-        found += _qdq_checks(model, qdq_type, asked)
+        found += _qdq_checks(model, qdq_type, asked, _outputs(request.source, asked))
     if pins["rest"] == "fp16" and pins["nodes"]:
         found.append(_pins_check(model, pins["nodes"]))
     return found
@@ -199,9 +221,16 @@ def _quantizable(source: Path, qdq_type: str) -> set[str]:
     return {n.name for n in graph.node if n.op_type == "MatMul" and weights & set(n.input)}
 
 
-def _qdq_checks(model, qdq_type: str, asked: set[str]) -> list[Check]:
-    """Every product asked reads a DequantizeLinear of the asked type, and every zero point is zero (TensorRT
-    rejects others)."""
+def _outputs(source: Path, names: set[str]) -> set[str]:
+    """What the named nodes of the export write."""
+    import onnx
+
+    return {n.output[0] for n in onnx.load(str(source), load_external_data=False).graph.node if n.name in names}
+
+
+def _qdq_checks(model, qdq_type: str, asked: set[str], writes: set[str]) -> list[Check]:
+    """Every product asked (found by name, or by what it `writes`: int4 renames the nodes it quantizes) reads a
+    DequantizeLinear of the asked type, and every zero point is zero (TensorRT rejects others)."""
     import numpy as np
     from onnx import TensorProto, numpy_helper
 
@@ -215,7 +244,7 @@ def _qdq_checks(model, qdq_type: str, asked: set[str]) -> list[Check]:
         return None
 
     typed = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and quantized_type(n) == wanted}
-    present = [n for n in model.graph.node if n.name in asked]
+    present = [n for n in model.graph.node if n.op_type in MATMUL_CONV and (n.name in asked or n.output[0] in writes)]
     unquantized = [n.name for n in present if not typed & set(n.input)]
     zero_points = [inits[n.input[2]] for n in model.graph.node
                    if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in inits]

@@ -150,7 +150,7 @@ def test_auto_records_candidates_that_fail(dinov2_exported, tmp_path, monkeypatc
     family, target = registry.family("dinov2"), registry.target("onnxruntime")
     gates = type(family).gates
     monkeypatch.setattr(type(family), "gates",  # int8 cannot reach its gate
-                        lambda self, c, p: {"cosine": 1.5} if p == "int8" else gates(self, c, p))
+                        lambda self, c, p: {**gates(self, c, p), "cosine": 1.5} if p == "int8" else gates(self, c, p))
     compile_one = type(target).compile
 
     def broken_int4(self, request, options):

@@ -52,7 +52,8 @@ def test_build_validate_inspect(tmp_path, clip_exported, monkeypatch):
     assert (compiled / "manifest.json").is_file() and (tmp_path / "b" / "exported" / "manifest.json").is_file()
     result = _run("validate", compiled)
     assert result.exit_code == 0 and "pass" in result.output, result.output
-    monkeypatch.setattr(type(registry.family("dinov2")), "gates", lambda self, c, p: {"cosine": 1.5})
+    gates = type(registry.family("dinov2")).gates
+    monkeypatch.setattr(type(registry.family("dinov2")), "gates", lambda self, c, p: {**gates(self, c, p), "cosine": 1.5})
     result = _run("validate", compiled)  # a gate it cannot reach: reported, exit 1
     assert result.exit_code == 1 and "FAIL" in result.output
     monkeypatch.undo()
@@ -68,7 +69,8 @@ def test_build_validate_inspect(tmp_path, clip_exported, monkeypatch):
 def test_allow_below_gate_sets_exit_code(tmp_path, dinov2_exported, monkeypatch):
     from edgefm import registry
 
-    monkeypatch.setattr(type(registry.family("dinov2")), "gates", lambda self, c, p: {"cosine": 1.5})
+    gates = type(registry.family("dinov2")).gates
+    monkeypatch.setattr(type(registry.family("dinov2")), "gates", lambda self, c, p: {**gates(self, c, p), "cosine": 1.5})
     result = _run("compile", dinov2_exported, "--precision", "fp16", "-o", tmp_path / "a")
     assert result.exit_code == 2 and "--allow-below-gate" in result.output
     result = _run("compile", dinov2_exported, "--precision", "fp16", "--allow-below-gate", "-o", tmp_path / "b")

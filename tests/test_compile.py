@@ -55,8 +55,9 @@ def test_precision_passes_gate_on_unseen_photos(compiled, clip_exported, dinov2_
 def test_clip_records_zero_shot_agreement(compiled):
     manifest = Manifest.load(compiled("clip", "int8"))
     for entry in manifest.components.values():
-        agreement = next(c for c in entry.validation["checks"] if c["metric"] == "zero_shot_top1_agreement")
-        assert agreement["passed"] and agreement["images"] == 20
+        checks = {c["metric"]: c for c in entry.validation["checks"]}
+        for metric in ("zero_shot_top1_agreement", "text_to_image_top1_agreement"):
+            assert checks[metric]["passed"] and checks[metric]["images"] == 20 and checks[metric]["labels"] == 19
 
 
 def test_graphs_hold_what_the_precision_promises(compiled):
@@ -86,7 +87,8 @@ def test_int8_dynamic_and_int4_group_size(clip_exported, tmp_path):
 
 def test_below_gate_fails_unless_allowed(dinov2_exported, tmp_path, monkeypatch):
     family = registry.family("dinov2")
-    monkeypatch.setattr(type(family), "gates", lambda self, c, p: {"cosine": 1.5})  # unreachable gate
+    gates = type(family).gates
+    monkeypatch.setattr(type(family), "gates", lambda self, c, p: {**gates(self, c, p), "cosine": 1.5})  # unreachable
     with pytest.raises(GateError, match="--allow-below-gate"):
         compile_artifact(dinov2_exported, "onnxruntime", "int4", tmp_path / "strict", log=lambda m: None)
     assert not (tmp_path / "strict").exists()
@@ -148,3 +150,15 @@ def test_dynamic_resolution_compiles_and_validates_at_two_sizes(dinov2_dynamic, 
     assert compiled_manifest.components["image_encoder"].validation["passed"]
     grid = edgefm.load(tmp_path / "int8").patch_features(load().heldout_images[:1], size=(280, 336))
     assert grid.shape == (1, 20, 24, 64)
+
+
+def test_clip_token_embeddings_are_quantized(compiled, clip_exported):
+    """The text encoder's token table is most of its weights: int8 reads it through a DequantizeLinear, int4
+    stores it block-quantized (GatherBlockQuantized), and both files shrink well below the fp32 export."""
+    graph = onnx.load(str(compiled("clip", "int8") / "text_encoder.onnx")).graph
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    assert any(n.op_type == "Gather" and n.input[0] in dequantized for n in graph.node)
+    assert _ops(compiled("clip", "int4") / "text_encoder.onnx")["GatherBlockQuantized"] > 0
+    exported = (clip_exported / "text_encoder.onnx").stat().st_size
+    for precision, share in (("int8", 0.3), ("int4", 0.25)):
+        assert (compiled("clip", precision) / "text_encoder.onnx").stat().st_size < share * exported, precision
