@@ -11,6 +11,7 @@ demo runs offline).
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def main() -> None:
         directory = out / f"{target}-{precision}"
         rows.append((directory, compile_artifact(exported, target, precision, directory, allow_below_gate=True,
                                                  overwrite=True)))
-    Console().print(results_table(rows))
+    Console(width=max(shutil.get_terminal_size((160, 24)).columns, 120)).print(results_table(rows))  # as the CLI
     labels = ["fp32 export"]
     for directory, manifest in rows[1:]:
         checks = {c["metric"]: c["value"] for c in manifest.components["image_encoder"].validation["checks"]}

@@ -151,7 +151,6 @@ class _Context:
             if validation["passed"]:
                 break
         if not any(a[3]["passed"] for a in attempts):  # then the fewest layers in float that pass, from data
-            self.log(f"{name}: below its gates after every scheme; measuring which layers to keep in float")
             found = search(self, name, max(attempts, key=lambda a: margin(a[3])), validate)
             if found:
                 attempts.append(found[0])
@@ -173,6 +172,7 @@ class _Context:
         static_int8 = (precision in (Precision.INT8, Precision.FP8)
                        and getattr(self.options, "int8_mode", "static") == "static"
                        and scheme.params.get("activations") != "float")  # int8 weights alone use no calibration
+        static_int8 = static_int8 or scheme.params.get("calibrated", False)  # data-aware weight compression
         return dataclasses.replace(compiled, validation=validation,
                                    calibration=self.data.record(len(calib_feeds)) if static_int8 else None), attempt_dir
 

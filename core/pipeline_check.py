@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from edgefm.errors import GateError
+from edgefm.sensitivity import margin
 from edgefm.spec import Precision, describe_checks, validation_record
 
 
@@ -63,7 +64,7 @@ def check_pipeline(context) -> tuple[dict, dict]:
                 fp32[name] = context.compile_component(name, Precision.FP32)
             trials[name] = evaluate({**compiled, name: fp32[name]})
             attempts.append(_attempt([*kept_fp32, name], trials[name]))
-        best = max(trials, key=lambda name: _margin(trials[name]))
+        best = max(trials, key=lambda name: margin(trials[name]))
         kept_fp32[best] = f"end to end: {describe_checks(record)}; with it in fp32: {describe_checks(trials[best])}"
         compiled, record = {**compiled, best: fp32[best]}, trials[best]
         context.log(f"end to end: {best} kept in fp32 -> {describe_checks(record)}")
@@ -96,11 +97,6 @@ def _load(context, chosen: dict, where: Path, unavailable: str | None):
         return load(where)
     sessions = {name: context.stand_ins[files_dir] for name, (_, files_dir) in chosen.items()}
     return family_module("edgefm.runtimes.pipelines", manifest.family).ARTIFACT_CLASS(where, manifest, sessions)
-
-
-def _margin(record: dict) -> float:
-    """How far the worst check is above (or below) its gate."""
-    return min(c["value"] - c["gate"] for c in record["checks"])
 
 
 def _attempt(kept_fp32, record: dict) -> dict:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgefm.errors import EdgefmError
 from edgefm.manifest import Manifest
 
 
@@ -91,9 +92,11 @@ def sensitivity_view(manifest: Manifest, top: int = 25):
         kept = set(record["kept"])
         ranking = record["ranking"]
         latency = record["latency_ms_batch1"]
+        cost = (f"; batch-1 ms {latency['all_quantized']:.2f} all quantized -> {latency['chosen']:.2f}" if latency
+                else "; latency not measured here (the target's files run elsewhere)")
         table = Table(title=f"{name}: {len(kept)} of {len(ranking['layers'])} layers kept in float (from "
-                            f"{record['from_scheme']}); batch-1 ms {latency['all_quantized']:.2f} all quantized -> "
-                            f"{latency['chosen']:.2f}. Contribution: {ranking['metric']}, on {ranking['measured_on']}")
+                            f"{record['from_scheme']}){cost}. Contribution: {ranking['metric']}, on "
+                            f"{ranking['measured_on']}")
         for column in ("rank", "layer", "error contribution", "kept in float"):
             table.add_column(column)
         for index, layer in enumerate(ranking["layers"][:top]):
@@ -104,8 +107,11 @@ def sensitivity_view(manifest: Manifest, top: int = 25):
 
 
 def sensitivity_plot(manifest: Manifest, path: Path) -> None:
-    """A bar per layer (graph order) of its error contribution, the ones kept in float in red."""
-    import matplotlib
+    """A bar per layer (by rank) of its error contribution, the ones kept in float in red."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise EdgefmError("--plot needs matplotlib: pip install 'edgefm[bench]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -3,7 +3,7 @@
 When every scheme of a target's ladder leaves a component below its gates, the quantized layers of the
 best attempt are ranked by their error contribution, measured on calibration feeds (never the held-out
 ones): how much the output error (mean 1 - cosine over outputs, vs the fp32 export) drops when that layer
-alone goes back to float. Layers then go back to float in that order, 1, 2, 4, ... at a time, until the
+alone goes back to float. Then the top 1, 2, 4, ... layers of that ranking go back to float until the
 held-out gates pass, and a bisection finds the fewest. Everything is recorded under the validation's
 `float_layers`, with the batch-1 latency the kept layers cost.
 
@@ -19,6 +19,7 @@ import shutil
 import numpy as np
 
 from edgefm.compare import cosine_rows
+from edgefm.errors import EdgefmError
 from edgefm.spec import describe_checks
 
 RANK_FEEDS = 4  # calibration feeds the ranking runs on (each trial opens one session and runs these)
@@ -27,8 +28,13 @@ LATENCY_ITERS = 10
 
 
 def margin(validation: dict) -> float:
-    """How far the worst check is above (or below) its gate."""
-    return min(c["value"] - c["gate"] for c in validation["checks"])
+    """How far the worst check is above (or below) its gate, relative to the gate and in the check's direction,
+    so that checks in different units (cosine, agreement, dB, size ratios) compare."""
+    def relative(check: dict) -> float:
+        over = check["value"] - check["gate"] if check.get("higher_is_better", True) else check["gate"] - check["value"]
+        return over / max(abs(check["gate"]), 1e-9)
+
+    return min(relative(c) for c in validation["checks"])
 
 
 def output_error(session, feeds: list[dict], references: list[dict]) -> float:
@@ -41,16 +47,19 @@ def output_error(session, feeds: list[dict], references: list[dict]) -> float:
 
 def search(context, name: str, attempt: tuple, validate) -> tuple | None:
     """From a below-gate `attempt` (scheme, dir, entry, validation, request): (the passing attempt with the fewest
-    layers in float, or the best one tried if none passes; the session it was gated with), or None where the
-    target cannot restore layers."""
+    layers in float, or the best one tried if none passes; a session of it), or None where the target cannot
+    restore layers."""
     from edgefm.bench import time_calls
 
     scheme, attempt_dir, compiled, validation, request = attempt
     layers = context.target.quantized_layers(request, compiled.file)
-    if len(layers) > MAX_LAYERS:
-        context.log(f"{name}: {len(layers)} quantized layers, more than the search ranks ({MAX_LAYERS}); no search")
-    if not layers or len(layers) > MAX_LAYERS:
+    if len(layers) > MAX_LAYERS or len(set(layers)) < len(layers) or "" in layers:
+        context.log(f"{name}: {len(layers)} quantized layers (past {MAX_LAYERS}, or unnamed / duplicate names); "
+                    "no search for layers to keep in float")
         return None
+    if not layers:
+        return None
+    context.log(f"{name}: below its gates after every scheme; measuring which of {len(layers)} layers to keep in float")
     work = attempt_dir.parent / "float-layers"
     feeds = request.calibration_feeds[:RANK_FEEDS]
     references = [context.reference[name].run(feed) for feed in feeds]
@@ -82,7 +91,12 @@ def search(context, name: str, attempt: tuple, validate) -> tuple | None:
     def gate(count: int):
         if count not in tried:
             trial_scheme, where, entry, session, moved = trial(ranked[:count], f"keep-{count}")
-            record = validate(session, context.target.static_checks(moved, entry, context.options))
+            static = context.target.static_checks(moved, entry, context.options)
+            broken = [f"{c.metric} {c.value:.4g} (gate {c.gate})" for c in static if not c.passed]
+            if broken:  # as on the ladder: a file that is not what was asked is a conversion bug, never kept
+                raise EdgefmError(f"{name}: the {context.target.name} file with {count} layer(s) back in float fails "
+                                  f"its checks ({', '.join(broken)}); please report it with `edgefm --version`")
+            record = validate(session, static)
             tried[count] = (trial_scheme, where, entry, record, moved)  # sessions are released: a UNet is GBs
             context.log(f"{name}: {count} layer(s) in float -> {describe_checks(record)} -> "
                         f"{'pass' if record['passed'] else 'below gate'}")
@@ -100,8 +114,9 @@ def search(context, name: str, attempt: tuple, validate) -> tuple | None:
     trial_scheme, where, entry, record, moved = tried[best]
     session = context.target.validation_session(moved, entry, context.options)
     feed = request.calibration_feeds[0]
-    latency = {label: float(np.median(time_calls(lambda s=s: s.run(feed), 2, LATENCY_ITERS)))
-               for label, s in (("all_quantized", base_session), ("chosen", session))}
+    latency = None if context.target.cannot_run_here() else {  # a stand-in's speed says nothing of the target's
+        label: float(np.median(time_calls(lambda s=s: s.run(feed), 2, LATENCY_ITERS)))
+        for label, s in (("all_quantized", base_session), ("chosen", session))}
     record["float_layers"] = {
         "from_scheme": scheme.name, "kept": ranked[:best],
         "ranking": {"measured_on": f"{len(feeds)} calibration feeds",

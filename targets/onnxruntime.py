@@ -64,9 +64,6 @@ class _FeedReader:
     def rewind(self):
         self._iter = iter(self._feeds)
 
-    def __iter__(self):  # GPTQ (onnxruntime.quantization.neural_compressor) iterates the reader
-        return iter(self._feeds)
-
 
 def _external(request: CompileRequest) -> bool:
     return bool(request.entry.data_files)
@@ -282,11 +279,26 @@ def restore_nodes(graph, base, layers: set[str]) -> None:
         if any(o in needed for o in node.output):
             kept.append(node)
             needed.update(node.input)
+            needed.update(_read_in_subgraphs(node))
     del graph.node[:]
     graph.node.extend(reversed(kept))
     unused = [t for t in graph.initializer if t.name not in needed]
     for tensor in unused:
         graph.initializer.remove(tensor)
+
+
+def _read_in_subgraphs(node) -> set[str]:
+    """Every name the bodies of an If / Loop / Scan read (their own tensors too: keeping more is harmless)."""
+    import onnx
+
+    names = set()
+    for attribute in node.attribute:
+        bodies = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)
+        for body in bodies:
+            for inner in body.node:
+                names.update(inner.input)
+                names.update(_read_in_subgraphs(inner))
+    return names
 
 
 TARGET = OnnxRuntimeTarget()

@@ -98,7 +98,7 @@ class OpenVinoTarget(Target):
         group, ratio = options.int4_group_size, options.int4_ratio
         int4 = lambda mode, group, ratio: Scheme(  # noqa: E731
             f"int4-{mode}-group{group}" + (f"-ratio{ratio:g}" if ratio < 1 else ""),
-            {**f32, "mode": f"INT4_{mode.upper()}", "group_size": group, "ratio": ratio})
+            {**f32, "mode": f"INT4_{mode.upper()}", "group_size": group, "ratio": ratio, "calibrated": ratio < 1})
         ladder = [int4("sym", group, ratio), int4("asym", group, ratio)]
         if group > 16:  # finer groups cost a little size and recover accuracy
             ladder.append(int4("asym", group // 2, ratio))
@@ -145,7 +145,7 @@ class OpenVinoTarget(Target):
         import nncf
         from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
-        mixed = params["ratio"] < 1  # which layers stay int8 is then decided on the calibration activations
+        mixed = params["calibrated"]  # which layers stay int8 is then decided on the calibration activations
         return nncf.compress_weights(
             model, mode=getattr(nncf.CompressWeightsMode, params["mode"]), group_size=params["group_size"],
             ratio=params["ratio"], dataset=nncf.Dataset(feeds) if mixed else None,

@@ -59,8 +59,9 @@ def quantized_layers(request: CompileRequest) -> list[str]:
 
 
 def restore(request: CompileRequest, into: CompileRequest, options) -> str:
-    """`request`'s quantized graph with `into`'s float_layers back in fp32 (their nodes and weights from the
-    export), typed and written as `into`'s graph: no calibration runs again."""
+    """`request`'s quantized graph with `into`'s float_layers unquantized (their nodes and weights from the
+    export; they then compute in the rest's precision, fp16 but for the pins), typed and written as `into`'s
+    graph: no calibration runs again."""
     import onnx
 
     layers = into.scheme.params["float_layers"]

