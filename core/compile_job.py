@@ -13,9 +13,9 @@ from typing import Callable
 from edgefm import registry
 from edgefm.errors import ArtifactError, EdgefmError, GateError, UnknownChoiceError
 from edgefm.manifest import ComponentEntry, Manifest, sha256_file
-from edgefm.spec import Precision, describe_checks
+from edgefm.spec import Precision, describe_checks, margin
 from edgefm.staging import staging_dir
-from edgefm.sensitivity import margin, search
+from edgefm.sensitivity import search
 from edgefm.validation import validate_component
 
 

@@ -15,8 +15,7 @@ import os
 from pathlib import Path
 
 from edgefm.errors import GateError
-from edgefm.sensitivity import margin
-from edgefm.spec import Precision, describe_checks, validation_record
+from edgefm.spec import Precision, describe_checks, margin, validation_record
 
 
 def check_pipeline(context) -> tuple[dict, dict]:

@@ -20,21 +20,11 @@ import numpy as np
 
 from edgefm.compare import cosine_rows
 from edgefm.errors import EdgefmError
-from edgefm.spec import describe_checks
+from edgefm.spec import describe_checks, margin
 
 RANK_FEEDS = 4  # calibration feeds the ranking runs on (each trial opens one session and runs these)
 MAX_LAYERS = 200  # past this (a real-size SD UNet has ~700), ranking one layer at a time takes hours: no search
 LATENCY_ITERS = 10
-
-
-def margin(validation: dict) -> float:
-    """How far the worst check is above (or below) its gate, relative to the gate and in the check's direction,
-    so that checks in different units (cosine, agreement, dB, size ratios) compare."""
-    def relative(check: dict) -> float:
-        over = check["value"] - check["gate"] if check.get("higher_is_better", True) else check["gate"] - check["value"]
-        return over / max(abs(check["gate"]), 1e-9)
-
-    return min(relative(c) for c in validation["checks"])
 
 
 def output_error(session, feeds: list[dict], references: list[dict]) -> float:

@@ -81,3 +81,13 @@ def describe_checks(validation: dict) -> str:
     """One line for logs and errors: every check's value and gate."""
     return ", ".join(f"{c['metric']} {c['value']:.5f} (gate {c['gate']}{'; ' + c['note'] if c.get('note') else ''})"
                      for c in validation["checks"])
+
+
+def margin(validation: dict) -> float:
+    """How far the worst check is above (or below) its gate, relative to the gate and in the check's direction,
+    so that checks in different units (cosine, agreement, dB, size ratios) compare."""
+    def relative(check: dict) -> float:
+        over = check["value"] - check["gate"] if check.get("higher_is_better", True) else check["gate"] - check["value"]
+        return over / max(abs(check["gate"]), 1e-9)
+
+    return min(relative(c) for c in validation["checks"])

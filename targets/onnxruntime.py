@@ -92,12 +92,17 @@ def largest_same_shape_group(feeds: list[dict]) -> list[dict]:
     return max(groups.values(), key=len)
 
 
+def constant_names(graph) -> set[str]:
+    """Tensors fixed in the graph: initializers and Constant outputs (weights, tables)."""
+    return {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+
+
 def _with_weights(path: Path, op_types: list[str]) -> list[str]:
     """Nodes of `op_types` with a constant (weight) operand; for Gather, a constant table (data, not indices)."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    constants = {t.name for t in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    constants = constant_names(graph)
     return [n.name for n in graph.node if n.op_type in op_types
             and (n.input[0] in constants if n.op_type == "Gather" else any(i in constants for i in n.input))]
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from edgefm.spec import Check, Precision
 from edgefm.targets.base import CompileRequest
-from edgefm.targets.onnxruntime import (MATMUL_CONV, _FeedReader, _ends, largest_same_shape_group, quantized_nodes,
-                                       quiet_logs, restore_nodes)
+from edgefm.targets.onnxruntime import (MATMUL_CONV, _FeedReader, _ends, constant_names, largest_same_shape_group,
+                                       quantized_nodes, quiet_logs, restore_nodes)
 
 FP16_MAX = 65504.0
 PINS_SUFFIX = ".fp16_pins.json"  # the pin list travels with its graph (a data file of the component)
@@ -152,7 +152,7 @@ def _activation_products(path: Path) -> list[str]:
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
-    constants = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    constants = constant_names(graph)
     return [n.name for n in graph.node if n.op_type == "MatMul" and not constants & set(n.input)]
 
 
