@@ -95,11 +95,11 @@ def optimum_runner(spec: dict, feeds: dict):
 
 def edgefm_runner(spec: dict, feeds: dict):
     from edgefm.manifest import Manifest
-    from edgefm.runtimes.loader import open_session
+    from edgefm.runtimes.loader import open_component
 
     directory = Path(spec["artifact"])  # open only this component's session, not the whole artifact
     entry = Manifest.load(directory).components[spec["component"]]
-    session = open_session(directory, entry, spec["component"], threads=spec["threads"])
+    session = open_component(directory, entry, spec["component"], threads=spec["threads"])
     return (lambda: session.run(feeds)), entry.size_mib(directory) * 2**20
 
 
@@ -163,7 +163,7 @@ def make_inputs(exported: Path, component: str, batch: int) -> dict:
         images = data.heldout_images
         return {spec.name: preprocess([images[i % len(images)] for i in range(batch)], manifest.task["preprocess"])}
     prompts = data.heldout_prompts
-    tokenize = TextTokenizer.from_task(manifest.task, exported)
+    tokenize = TextTokenizer.from_manifest(manifest, exported)
     return {spec.name: tokenize([prompts[i % len(prompts)] for i in range(batch)])}
 
 

@@ -22,7 +22,7 @@ def feeds(component: str, manifest: Manifest, directory: Path, data: Calibration
     if component == "image_encoder":
         calib = [{"pixel_values": _pixels([p], manifest)} for p in data.calib_images]
         return calib, [{"pixel_values": _pixels(data.heldout_images, manifest)}]
-    tokenize = TextTokenizer.from_task(manifest.task, directory)
+    tokenize = TextTokenizer.from_manifest(manifest, directory)
     calib = [{"input_ids": tokenize([p])} for p in data.calib_prompts]
     return calib, [{"input_ids": tokenize(data.heldout_prompts)}]
 
@@ -35,7 +35,7 @@ def extra_checks(component: str, candidate, reference: dict, manifest: Manifest,
     The other encoder stays the fp32 reference, so the figures belong to this component alone.
     """
     pixels = {"pixel_values": _pixels(data.all_images, manifest)}
-    tokenize = TextTokenizer.from_task(manifest.task, directory)
+    tokenize = TextTokenizer.from_manifest(manifest, directory)
     ids = {"input_ids": tokenize([f"a photo of {label}." for label in data.labels])}
     ref_images = normalize(reference["image_encoder"].run(pixels)["image_embeds"])
     ref_texts = normalize(reference["text_encoder"].run(ids)["text_embeds"])

@@ -7,6 +7,7 @@ compiled graph is validated on the held-out part it never saw.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 
 from edgefm.errors import CalibrationError
@@ -37,6 +38,8 @@ class CalibrationData:
     calib_prompts: list[str]
     heldout_prompts: list[str]
     labels: list[str]  # zero-shot label set for agreement checks
+    size: int | None = None  # the --calib-size cap in effect: None when it cut nothing (all items used)
+    note: str = ""  # set when --calib-size asked for more than there is
 
     @property
     def all_images(self) -> list[Path]:
@@ -44,8 +47,9 @@ class CalibrationData:
 
     def record(self, count: int) -> dict:
         """The manifest's `calibration` block."""
-        return {"source": self.source, "count": count, "heldout_images": len(self.heldout_images),
-                "heldout_prompts": len(self.heldout_prompts)}
+        record = {"source": self.source, "count": count, "heldout_images": len(self.heldout_images),
+                  "heldout_prompts": len(self.heldout_prompts)}
+        return {**record, "note": self.note} if self.note else record
 
 
 def sample_photo_dir() -> Path:
@@ -96,8 +100,9 @@ def load_prompts(path: Path | None) -> list[str]:
 
 def load(calib_dir: Path | None = None, calib_size: int | None = None,
          prompts_file: Path | None = None) -> CalibrationData:
-    if calib_size is not None and calib_size < 1:
-        raise CalibrationError(f"--calib-size must be at least 1, got {calib_size}")
+    whole = isinstance(calib_size, Integral) and not isinstance(calib_size, bool)
+    if calib_size is not None and (not whole or calib_size < 1):
+        raise CalibrationError(f"--calib-size must be a whole number >= 1, got {calib_size!r}; e.g. --calib-size 16")
     if calib_dir is None:
         folder = sample_photo_dir()
         images = [folder / name for name in SAMPLE_PHOTOS if (folder / name).is_file()]
@@ -108,6 +113,19 @@ def load(calib_dir: Path | None = None, calib_size: int | None = None,
         images, source = _folder_images(Path(calib_dir)), str(Path(calib_dir).resolve())
     calib, held = _split(images)
     calib_prompts, held_prompts = _split(load_prompts(prompts_file))
-    if calib_size:  # the same cap for images and prompts
-        calib, calib_prompts = calib[:calib_size], calib_prompts[:calib_size]
-    return CalibrationData(source, calib, held, calib_prompts, held_prompts, list(dict.fromkeys(SAMPLE_PHOTOS.values())))
+    size, note = _cap(calib_size, calib, calib_prompts)
+    if size:  # the same cap for images and prompts
+        calib, calib_prompts = calib[:size], calib_prompts[:size]
+    labels = list(dict.fromkeys(SAMPLE_PHOTOS.values()))
+    return CalibrationData(source, calib, held, calib_prompts, held_prompts, labels, size, note)
+
+
+def _cap(calib_size: int | None, images: list, prompts: list) -> tuple[int | None, str]:
+    """The cap in effect (None when it cuts nothing, so the record never claims more than was used) and a
+    note naming what there was less of than asked."""
+    if calib_size is None:
+        return None, ""
+    short = [f"{len(items)} calibration {kind}" for kind, items in (("images", images), ("prompts", prompts))
+             if len(items) < calib_size]
+    note = f"--calib-size {calib_size} asked for more than there is; all {' and '.join(short)} used" if short else ""
+    return (None if len(short) == 2 else calib_size), note

@@ -73,7 +73,7 @@ def feeds(component: str, manifest: Manifest, directory: Path, data: Calibration
     calib_prompts, held_prompts = data.calib_prompts[:CALIB_PROMPTS], data.heldout_prompts[:CHECK_PROMPTS]
     if component.startswith("text_encoder"):
         text = manifest.task["text"][component]
-        tokenize = TextTokenizer(Path(directory) / text["tokenizer"], text["context_length"], text["pad_id"])
+        tokenize = TextTokenizer.from_manifest(manifest, directory, text)
         return [{"input_ids": tokenize([p])} for p in data.calib_prompts], [{"input_ids": tokenize(held_prompts)}]
     if component == "vae_encoder":
         size = manifest.task["default_size"]

@@ -56,7 +56,8 @@ def compile_auto(artifact: Path, target_name: str, out: Path, objective: str = "
     if cannot_run:
         raise EdgefmError(f"--precision auto times every precision on this machine, but {target.name} artifacts "
                           f"cannot run here ({cannot_run}); choose a precision")
-    with staging_dir(Path(out), overwrite) as tmp:
+    inputs = [artifact, compile_kwargs.get("calib_dir"), compile_kwargs.get("prompts")]
+    with staging_dir(Path(out), overwrite, inputs, log) as tmp:
         candidates = []
         for precision in target.precisions:
             where = tmp / ".candidates" / precision.value

@@ -78,12 +78,12 @@ def bench_component(directory: Path, component: str, batch: int, warmup: int, it
     from edgefm.hardware import gpu_memory_mib
     from edgefm.manifest import Manifest
 
-    from edgefm.runtimes.loader import open_session
+    from edgefm.runtimes.loader import open_component
 
     manifest = Manifest.load(directory, verify=False)  # the parent verified every file before any timing
     entry = manifest.components[component]
     start = time.perf_counter()
-    session = open_session(directory, entry, component, **({"threads": threads} if threads else {}))
+    session = open_component(directory, entry, component, **({"threads": threads} if threads else {}))
     load_s = time.perf_counter() - start
     timing = measure(session, batch, warmup, iters, np.random.default_rng(0))
     return {"artifact": str(directory), "family": manifest.family, "variant": manifest.variant,

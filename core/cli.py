@@ -1,7 +1,9 @@
 """`edgefm` command line. Heavy modules are imported inside commands so `--help` stays fast."""
 from __future__ import annotations
 
+import errno
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -25,19 +27,46 @@ def _log(message: str) -> None:
     _console().print(f"[dim]•[/dim] {escape(message)}", highlight=False)
 
 
+# The OS errors a user causes and can fix (a write-protected folder, a full disk): one line, not a traceback.
+USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG}
+
+
 class _Group(click.Group):
-    """Print edgefm's own errors as one clear line, without a traceback."""
+    """Every error a user can fix is one line and exit code 2; a bug keeps its traceback and asks to be reported."""
 
     def invoke(self, ctx):
         from edgefm.errors import EdgefmError
 
         try:
             return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
         except EdgefmError as exc:
-            from rich.markup import escape
+            _fail(str(exc), 2)
+        except OSError as exc:
+            if exc.errno not in USER_OS_ERRORS:
+                _report_bug()
+            _fail(f"{exc.strerror}: {exc.filename or ''}".rstrip(": ") + "; pick another place or free it up", 2)
+        except KeyboardInterrupt:
+            _fail("interrupted; nothing half-written was left looking complete", 130)
+        except Exception:
+            _report_bug()
 
-            _console().print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
-            sys.exit(2)
+
+def _fail(message: str, code: int):
+    from rich.markup import escape
+
+    _console().print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def _report_bug():
+    import traceback
+
+    traceback.print_exc()
+    _console().print(f"[bold red]this is a bug in edgefm {__version__}, not in how you ran it:[/bold red] please "
+                     "report it with the command and the traceback above", highlight=False)
+    sys.exit(1)
 
 
 @click.group(cls=_Group)
@@ -63,17 +92,25 @@ def models():
     _console(stderr=False).print(table)
 
 
+def _finite(ctx, param, value):
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number")
+    return value
+
+
 def _export_options(f):
     f = click.option("--model", help="Hub id or local directory written by save_pretrained().")(f)
     f = click.option("--variant", help="A named variant (see `edgefm models`); `tiny` works offline.")(f)
     f = click.option("--random-weights", is_flag=True,
                      help="Build the variant's real architecture with seeded random weights (no download).")(f)
-    f = click.option("--resolution", type=int, help="Input size for DINOv2 (multiple of 14; default 224).")(f)
+    f = click.option("--resolution", type=click.IntRange(min=1),
+                     help="Input size for DINOv2 (multiple of 14; default 224).")(f)
     f = click.option("--dynamic-resolution", is_flag=True, help="Export DINOv2 with dynamic height/width.")(f)
     f = click.option("--lora", type=click.Path(exists=True),
                      help="sd15/sdxl: LoRA weights (.safetensors file or folder) fused into the UNet and text "
                           "encoders before export.")(f)
-    f = click.option("--lora-scale", type=float, default=1.0, show_default=True, help="Strength of the fused LoRA.")(f)
+    f = click.option("--lora-scale", type=float, default=1.0, callback=_finite, show_default=True,
+                     help="Strength of the fused LoRA.")(f)
     return f
 
 
@@ -126,14 +163,15 @@ def _compile_options(f):
     f = click.option("--objective", type=click.Choice(["latency", "size"]),
                      help="What --precision auto optimizes, measured on this machine (default latency).")(f)
     f = click.option("--calib", type=click.Path(), help="Folder of your own images for calibration/validation.")(f)
-    f = click.option("--calib-size", type=int, help="Calibration images (and prompts) to use.")(f)
+    f = click.option("--calib-size", type=click.IntRange(min=1), help="Calibration images (and prompts) to use.")(f)
     f = click.option("--calib-prompts", type=click.Path(dir_okay=False),
                      help="Text file, one prompt per line, for text encoders.")(f)
     f = click.option("--int8-mode", type=click.Choice(["static", "dynamic"]),
                      help="onnxruntime: static (calibrated QDQ, default) or dynamic.")(f)
-    f = click.option("--int4-group-size", type=int,
+    f = click.option("--int4-group-size", type=click.IntRange(min=1),
                      help="Weights per int4 scale (default 32).")(f)
-    f = click.option("--int4-ratio", type=float, help="openvino: share of linear layers in int4 (default 1.0).")(f)
+    f = click.option("--int4-ratio", type=float, callback=_finite,
+                     help="openvino: share of linear layers in int4 (default 1.0).")(f)
     f = click.option("--device", help="openvino: CPU (default), GPU or NPU, as OpenVINO lists them.")(f)
     f = click.option("--deployment-target", type=click.Choice(["ios17", "macos14", "ios18", "macos15"]),
                      help="coreml: oldest OS to run on (default ios17; ios18 for int4 per-block weights).")(f)
@@ -145,10 +183,10 @@ def _compile_options(f):
                      help="coreml: pin dynamic sizes to their defaults (what the Neural Engine prefers).")(f)
     f = click.option("--int8-activations", is_flag=True, default=None,
                      help="coreml: int8 also quantizes activations, calibrated through Core ML (on a Mac).")(f)
-    f = click.option("--chunk-over-mib", type=float,
+    f = click.option("--chunk-over-mib", type=float, callback=_finite,
                      help="coreml: split packages larger than this in two (iOS, e.g. the SD UNet).")(f)
     f = _shape_options(f)
-    f = click.option("--fp16-data-max", type=float,
+    f = click.option("--fp16-data-max", type=float, callback=_finite,
                      help="tensorrt: activations past this magnitude keep their node in fp32 (default 512).")(f)
     f = click.option("--allow-below-gate", is_flag=True,
                      help="Keep the best attempt even if it misses its accuracy gate (recorded in the manifest).")(f)
@@ -234,8 +272,10 @@ def _engines_if_possible(artifact: Path, manifest, allow_below_gate: bool):
 def plan(artifact, device_profile, shapes, out):
     """Print the TensorRT build plan of a tensorrt-compiled ARTIFACT: graphs, fp32 pins, profiles, device."""
     from edgefm.manifest import Manifest
+    from edgefm.staging import check_file_outputs
     from edgefm.targets.tensorrt_plan import build_plan
 
+    check_file_outputs([out], [artifact])
     derived = build_plan(Manifest.load(Path(artifact)), Path(artifact), device_profile, shapes)
     text = json.dumps(derived, indent=2) + "\n"
     if out:
@@ -276,11 +316,16 @@ def engine(artifact, device_profile, shapes, rebuild, cache, against, allow_belo
 def build(family, model, variant, random_weights, resolution, dynamic_resolution, lora, lora_scale, out, overwrite,
           **kwargs):
     """Export FAMILY and compile it in one go."""
+    from edgefm.staging import check_output
+
     out = Path(out)
     common, options = _compile_settings(kwargs)
+    compiled_dir = out / f"{common['target']}-{common['precision']}"
+    inputs = [model and Path(model), lora, common["calib"], common["calib_prompts"]]
+    for directory in (out / "exported", compiled_dir):  # both outputs are checked before the export starts
+        check_output(directory, overwrite, inputs)
     exported = _export(family, model, variant, random_weights, resolution, dynamic_resolution, lora, lora_scale,
                        out / "exported", overwrite)
-    compiled_dir = out / f"{common['target']}-{common['precision']}"
     compiled = _compile(out / "exported", compiled_dir, options, overwrite=overwrite, **common)
     _print_table([(out / "exported", exported), (compiled_dir, compiled)])
     _exit_on_gate(compiled)
@@ -311,6 +356,9 @@ def inspect(artifact, as_json, sensitivity, plot):
 
     if plot and not sensitivity:
         raise click.UsageError("--plot draws the --sensitivity view; add --sensitivity")
+    from edgefm.staging import check_file_outputs
+
+    check_file_outputs([plot], [artifact])
     manifest = Manifest.load(Path(artifact), verify=False)
     if as_json:
         click.echo(json.dumps(manifest.to_json(), indent=2))
@@ -327,18 +375,21 @@ def inspect(artifact, as_json, sensitivity, plot):
 
 def _batches(ctx, param, value: str) -> list[int]:
     try:
-        return [int(b) for b in value.split(",")]
+        batches = [int(b) for b in value.split(",")]
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not a comma-separated list of batch sizes, e.g. 1,8") from None
+        batches = []
+    if not batches or min(batches) < 1:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of batch sizes of at least 1, e.g. 1,8")
+    return batches
 
 
 @main.command()
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path())
 @click.option("--batch", "batches", default="1,8", show_default=True, callback=_batches,
               help="Batch sizes, comma-separated.")
-@click.option("--warmup", default=5, show_default=True, help="Untimed runs per batch size.")
-@click.option("--iters", default=50, show_default=True, help="Timed runs per batch size.")
-@click.option("--threads", type=int, help="Runtime threads (default: the runtime's own choice).")
+@click.option("--warmup", default=5, type=click.IntRange(min=0), show_default=True, help="Untimed runs per batch size.")
+@click.option("--iters", default=50, type=click.IntRange(min=1), show_default=True, help="Timed runs per batch size.")
+@click.option("--threads", type=click.IntRange(min=1), help="Runtime threads (default: the runtime's own choice).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the full report as JSON.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), help="Write a markdown report.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG of latency and accuracy.")
@@ -349,6 +400,9 @@ def bench(artifacts, batches, warmup, iters, threads, json_path, markdown_path, 
     from edgefm import bench_report
     from edgefm.bench import run_bench
     from edgefm.hardware import summary_lines
+    from edgefm.staging import check_file_outputs
+
+    check_file_outputs([json_path, markdown_path, plot_path], artifacts)
 
     with Progress(console=_console(), transient=True) as progress:
         task = progress.add_task("benchmarking")
@@ -394,13 +448,15 @@ def _box(ctx, param, value):
 @click.argument("artifact", type=click.Path())
 @click.option("--prompt", help="sd15/sdxl: text to draw (writes one PNG to -o).")
 @click.option("--negative-prompt", help="sd15/sdxl: what to steer away from (classifier-free guidance).")
-@click.option("--steps", type=int, help="sd15/sdxl: denoising steps (default: the artifact's, e.g. 30; turbo 1).")
-@click.option("--guidance", type=float, help="sd15/sdxl: guidance scale; <= 1 turns guidance off.")
-@click.option("--seed", type=int, default=0, show_default=True, help="sd15/sdxl: noise seed; a seed reproduces its image.")
-@click.option("--height", type=int, help="sd15/sdxl: image height in pixels (default: the model's).")
-@click.option("--width", type=int, help="sd15/sdxl: image width in pixels (default: the model's).")
+@click.option("--steps", type=click.IntRange(min=1),
+              help="sd15/sdxl: denoising steps (default: the artifact's, e.g. 30; turbo 1).")
+@click.option("--guidance", type=float, callback=_finite, help="sd15/sdxl: guidance scale; <= 1 turns guidance off.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="sd15/sdxl: noise seed; a seed reproduces its image.")
+@click.option("--height", type=click.IntRange(min=1), help="sd15/sdxl: image height in pixels (default: the model's).")
+@click.option("--width", type=click.IntRange(min=1), help="sd15/sdxl: image width in pixels (default: the model's).")
 @click.option("--scheduler", type=click.Choice(["ddim", "euler", "lcm"]), help="sd15/sdxl (default: the checkpoint's).")
-@click.option("--strength", type=float, default=0.8, show_default=True,
+@click.option("--strength", type=click.FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
               help="sd15/sdxl with --image: how far the image is noised before denoising (0-1].")
 @click.option("--image", type=click.Path(dir_okay=False),
               help="Image to segment (SAM 2), or the start image of image-to-image (with --prompt).")

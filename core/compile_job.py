@@ -68,15 +68,18 @@ def compile_artifact(artifact: Path, target_name: str, precision: str, out: Path
     target, precision = resolve_target(target_name, precision)
     options = options or target.options_class()
     artifact = Path(artifact).resolve()
-    source = load_exported(artifact)
-    family = registry.family(source.family)
-    recipe = registry.family_module("edgefm.calibration", source.family)
-    data = load_calibration(calib_dir, calib_size, prompts)
-    reference = open_sessions(artifact, source)
-    with staging_dir(Path(out), overwrite) as tmp:
+    with staging_dir(Path(out), overwrite, [artifact, calib_dir, prompts], log) as tmp:
+        source = load_exported(artifact)
+        target.check_options(options, source)
+        family = registry.family(source.family)
+        recipe = registry.family_module("edgefm.calibration", source.family)
+        data = load_calibration(calib_dir, calib_size, prompts)
+        if data.note:
+            log(data.note)
+        reference = open_sessions(artifact, source)
         context = _Context(target, options, precision, artifact, tmp, recipe, data, reference, source, family,
                            allow_below_gate, log,
-                           {"dir": str(Path(calib_dir).resolve()) if calib_dir else None, "size": calib_size,
+                           {"dir": str(Path(calib_dir).resolve()) if calib_dir else None, "size": data.size,
                             "prompts": str(prompts) if prompts else None})
         pipeline = None
         if family.pipeline_gates(precision.value):

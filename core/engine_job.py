@@ -32,6 +32,7 @@ def build_engines(artifact: Path, out: Path | None = None, device_profile: str |
     engine cache; `out` writes a new artifact instead of rewriting `artifact` in place."""
     from edgefm.runtimes.tensorrt import unavailable_reason
     from edgefm.targets.tensorrt_plan import PLAN_FILE, build_plan, check_device
+    from edgefm.validate_job import recorded_parent
 
     artifact = Path(artifact).resolve()
     manifest = Manifest.load(artifact)
@@ -44,7 +45,7 @@ def build_engines(artifact: Path, out: Path | None = None, device_profile: str |
     if reason:
         raise EdgefmError(f"building TensorRT engines needs TensorRT and an NVIDIA GPU: {reason}. Copy {artifact} "
                           "(its ONNX graphs and build_plan.json) to the device and run `edgefm engine` there")
-    reference = Path(against or (manifest.parent or {}).get("path", ""))
+    reference = Path(against) if against else recorded_parent(artifact, manifest)
     if not (reference / "manifest.json").is_file():
         raise EdgefmError(f"the engines are gated against the fp32 export this artifact came from, {reference}, "
                           "which is not on this machine; copy it here and pass --against EXPORTED_DIR")
@@ -54,7 +55,9 @@ def build_engines(artifact: Path, out: Path | None = None, device_profile: str |
     check_device(plan, here)
     cache = Path(cache or cache_dir())
     cache.mkdir(parents=True, exist_ok=True)
-    with staging_dir(Path(out or artifact), overwrite=out is None or overwrite) as tmp:
+    # in place (no `out`) the artifact is what the user asked to rewrite; a new `out` must not touch it
+    inputs = [reference, cache] + ([artifact] if out else [])
+    with staging_dir(Path(out or artifact), out is None or overwrite, inputs, log) as tmp:
         for name in _files(manifest):
             shutil.copy2(artifact / name, tmp / name)
         entries = {name: _engine_entry(manifest.components[name], name, component, plan, here, cache, artifact, tmp,

@@ -19,7 +19,8 @@ def export(family_name: str, out: Path, model: str | None = None, variant: str |
     options = options or ExportOptions()
     family.check_options(options)
     source = family.resolve(model, variant, random_weights)
-    with staging_dir(Path(out), overwrite) as tmp:
+    inputs = [Path(source.id) if source.kind == "dir" else None, options.lora and Path(options.lora)]
+    with staging_dir(Path(out), overwrite, inputs, log) as tmp:
         log(f"loading {family.name} from {source.kind} {source.id}")
         loaded = family.load(source, options)
         components = family.components(loaded, options)  # checks options (e.g. resolution) before writing

@@ -7,7 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from functools import lru_cache
+from pathlib import Path, PureWindowsPath
 
 from edgefm.errors import ArtifactError
 from edgefm.spec import TensorSpec
@@ -29,6 +30,45 @@ def sha256_file(path: Path) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def inside(directory: Path, name: str) -> Path:
+    """`directory / name`, refused unless it stays inside `directory`: a plain name (no folder, no `..`, not
+    absolute) and no symlink, here or within a package folder, that leads out."""
+    if name in ("", ".", "..") or "/" in name or "\\" in name or PureWindowsPath(name).drive:
+        raise ArtifactError(f"the manifest names {name!r}, which is not a plain path inside the artifact folder; "
+                            "refusing it (an artifact may only use its own files)")
+    root = Path(directory).resolve()
+    path = Path(directory) / name
+    inner = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for item in inner:
+        if not item.resolve().is_relative_to(root):
+            raise ArtifactError(f"{item} is a link that leads out of the artifact folder {directory}; "
+                                "refusing it (an artifact may only use its own files)")
+    return path
+
+
+def check_schema(data, path: Path) -> None:
+    """The manifest's types and values, against manifest.schema.json (shipped with edgefm), as one line."""
+    import jsonschema
+
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise ArtifactError(f"{path} has format {version}, newer than this edgefm understands "
+                            f"({FORMAT_VERSION}); upgrade edgefm")
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
+    if error is not None:
+        field_path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+        raise ArtifactError(f"{path}: field {field_path}: {error.message[:200]}; this is not a manifest edgefm "
+                            "wrote (rebuild the artifact or fix the field)")
+
+
+@lru_cache(maxsize=1)
+def _validator():
+    import jsonschema
+
+    schema = json.loads((Path(__file__).parent / "manifest.schema.json").read_text())
+    return jsonschema.Draft202012Validator(schema)
 
 
 def disk_bytes(path: Path) -> int:
@@ -102,6 +142,10 @@ class Manifest:
 
     @classmethod
     def load(cls, directory: Path, verify: bool = True) -> "Manifest":
+        """Read and check a manifest: its schema and names always, every file's confinement and hash when `verify`.
+
+        A manifest is untrusted input (artifacts are passed around), so nothing it names is opened before
+        this passes."""
         directory = Path(directory)
         path = directory / MANIFEST_NAME
         if not path.is_file():
@@ -109,29 +153,73 @@ class Manifest:
                                 "(make one with `edgefm export` or `edgefm build`)")
         try:
             data = json.loads(path.read_text())
-            data["components"] = {k: ComponentEntry.from_json(v) for k, v in data["components"].items()}
-            manifest = cls(**data)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ArtifactError(f"{path} is not a valid edgefm manifest ({exc}); rebuild the artifact") from None
-        if manifest.format_version > FORMAT_VERSION:
-            raise ArtifactError(f"{path} has format {manifest.format_version}, newer than this edgefm "
-                                f"understands ({FORMAT_VERSION}); upgrade edgefm")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ArtifactError(f"{path} is not a valid edgefm manifest (not JSON: {exc}); rebuild the "
+                                "artifact") from None
+        check_schema(data, path)
+        data["components"] = {k: ComponentEntry.from_json(v) for k, v in data["components"].items()}
+        manifest = cls(**data)
+        manifest.check_consistency(path)
+        for name in manifest.listed_files():
+            inside(directory, name)
         if verify:
             manifest.verify_files(directory)
         return manifest
 
-    def verify_files(self, directory: Path) -> None:
-        expected = dict(self.assets)
+    def listed_files(self) -> dict[str, str]:
+        """Every file of the artifact (assets, graphs, their data files) -> sha256."""
+        listed = dict(self.assets)
         for entry in self.components.values():
-            expected.update(entry.files())
+            listed.update(entry.files())
+        return listed
+
+    def asset_path(self, directory: Path, name: str) -> Path:
+        """A file the task block names (a tokenizer, a saved tensor): only a listed, hashed asset is opened."""
+        if name not in self.assets:
+            raise ArtifactError(f"{directory}: the manifest's task names {name!r}, which is not one of its assets; "
+                                "rebuild the artifact")
+        return inside(directory, name)
+
+    def check_consistency(self, path: Path) -> None:
+        """What the schema cannot say: the family exists and has these components, the runtimes exist, stages
+        match targets."""
+        from edgefm import registry
+
+        family = registry.families().get(self.family)
+        if family is None:
+            raise ArtifactError(f"{path}: family {self.family!r} is not one this edgefm knows "
+                                f"({', '.join(sorted(registry.families()))}); upgrade edgefm or install its plugin")
+        unknown = sorted(set(self.components) - set(family.component_names))
+        if unknown:
+            raise ArtifactError(f"{path}: components {unknown} are not part of family {self.family} "
+                                f"({', '.join(family.component_names)}); rebuild the artifact")
+        from edgefm.runtimes.loader import runtime_module
+
+        for name, entry in self.components.items():
+            runtime_module(entry.runtime, f"{path}: components.{name}")
+            if (entry.target is None) != (self.stage == "exported"):
+                raise ArtifactError(f"{path}: components.{name}.target is {entry.target!r} in a {self.stage} "
+                                    "artifact (exported graphs have none, compiled ones name theirs); rebuild it")
+
+    def verify_files(self, directory: Path) -> None:
+        """Every file the artifact holds is listed and hashed, and stays inside the folder.
+
+        Files the manifest does not list are refused too: an ONNX graph can read any file next to it as
+        external data, and such a file would change outputs without any hash noticing."""
+        directory = Path(directory)
+        expected = self.listed_files()
         for name, digest in expected.items():
-            path = Path(directory) / name
+            path = inside(directory, name)
             if not path.exists():
                 raise ArtifactError(f"artifact {directory} is missing {name}, listed in its manifest; "
                                     "copy the whole directory or rebuild it")
             if sha256_file(path) != digest:
                 raise ArtifactError(f"artifact {directory}: {name} does not match the sha256 in its "
                                     "manifest (changed or corrupt); rebuild it or copy it again")
+        unlisted = sorted(p.name for p in directory.iterdir() if p.name not in expected and p.name != MANIFEST_NAME)
+        if unlisted:
+            raise ArtifactError(f"artifact {directory} holds {', '.join(unlisted)}, which its manifest does not list "
+                                "(a graph could read it unhashed); move it out of the artifact folder")
 
     def summary(self) -> dict:
         """What `edgefm inspect` shows first."""

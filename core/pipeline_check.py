@@ -11,11 +11,8 @@ every figure on the way.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-from edgefm.errors import GateError
-from edgefm.spec import Precision, describe_checks, margin, validation_record
+from edgefm.errors import FeedError, GateError
+from edgefm.spec import Check, Precision, describe_checks, margin, validation_record
 
 
 def check_pipeline(context) -> tuple[dict, dict]:
@@ -25,7 +22,6 @@ def check_pipeline(context) -> tuple[dict, dict]:
     pipeline can still be built, and the reason is recorded) instead of failing the whole compile."""
     precision = context.precision.value
     gates = context.family.pipeline_gates(precision)
-    trial_root = context.out_dir / ".work" / "pipeline"
     kept_fp32 = context.family.keep_fp32(context.source, precision)  # component -> why
     compiled, fp32 = {}, {}
     for name in context.source.components:
@@ -43,8 +39,11 @@ def check_pipeline(context) -> tuple[dict, dict]:
     unavailable = context.target.cannot_run_here()
 
     def evaluate(chosen: dict) -> dict:
-        trial = _load(context, chosen, trial_root / str(len(list(trial_root.glob("*")))), unavailable)
-        checks = context.recipe.pipeline_checks(trial, context.artifact, context.data, gates)
+        trial = _load(context, chosen, unavailable)
+        try:
+            checks = context.recipe.pipeline_checks(trial, context.artifact, context.data, gates)
+        except FeedError as exc:  # e.g. a reduced-precision component overflowed: its NaN / Inf reach the next one
+            checks = [Check("finite pipeline", 0.0, 1.0, detail={"note": str(exc)})]
         extra = {"measured_with": f"the components' stand-ins ({unavailable})"} if unavailable else {}
         return validation_record(checks, reference="fp32 export (ONNX Runtime), the same pipeline",
                                  inputs=f"held-out {context.data.source}", **extra)
@@ -77,25 +76,20 @@ def check_pipeline(context) -> tuple[dict, dict]:
                       "allowed_below_gate": not record["passed"], "attempts": attempts}
 
 
-def _load(context, chosen: dict, where: Path, unavailable: str | None):
-    """The artifact of one evaluation: links to the chosen components' files, loaded. Where the target's
-    files cannot run here (Core ML off Apple systems), its sessions are the ones each component was
-    gated with (`Target.validation_session`), under the same task pipeline."""
+def _load(context, chosen: dict, unavailable: str | None):
+    """The artifact of one evaluation: the chosen components' sessions, opened where their files are, and the
+    export's assets. Where the target's files cannot run here (Core ML off Apple systems), its sessions are the
+    ones each component was gated with (`Target.validation_session`), under the same task pipeline."""
     from edgefm.registry import family_module
-    from edgefm.runtimes.loader import load
+    from edgefm.runtimes.loader import open_component
 
-    where.mkdir(parents=True)
-    for name in context.source.assets:
-        os.symlink((context.artifact / name).resolve(), where / name)
-    for entry, files_dir in chosen.values():
-        for name in entry.files():
-            os.symlink((files_dir / name).resolve(), where / name)
     manifest = context.manifest({name: entry for name, (entry, _) in chosen.items()})
-    manifest.save(where)
-    if not unavailable:
-        return load(where)
-    sessions = {name: context.stand_ins[files_dir] for name, (_, files_dir) in chosen.items()}
-    return family_module("edgefm.runtimes.pipelines", manifest.family).ARTIFACT_CLASS(where, manifest, sessions)
+    if unavailable:
+        sessions = {name: context.stand_ins[files_dir] for name, (_, files_dir) in chosen.items()}
+    else:
+        sessions = {name: open_component(files_dir, entry, name) for name, (entry, files_dir) in chosen.items()}
+    return family_module("edgefm.runtimes.pipelines", manifest.family).ARTIFACT_CLASS(context.artifact, manifest,
+                                                                                      sessions)
 
 
 def _attempt(kept_fp32, record: dict) -> dict:

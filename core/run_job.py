@@ -32,6 +32,48 @@ def overlay(image: Image.Image, masks: list[np.ndarray], points=(), labels=(), b
     return out
 
 
+def _writable_suffixes() -> list[str]:
+    """The usual image suffixes this Pillow build can write an RGB image to."""
+    formats = Image.registered_extensions()
+    return sorted(suffix for suffix in IMAGE_SUFFIXES if formats.get(suffix) in Image.SAVE)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))  # samefile: hard links
+
+
+def _check_parent(out: Path) -> None:
+    existing = next(p for p in Path(out).absolute().parents if p.exists())
+    if not existing.is_dir():
+        raise EdgefmError(f"-o {out}: {existing} is a file, not a directory; give a path in a directory")
+
+
+def check_image_out(out: Path, source: Path | None = None) -> None:
+    """Refuse an image -o that cannot be written, or that is the input image, before any work is done."""
+    out = Path(out)
+    if out.is_dir():
+        raise EdgefmError(f"-o {out} is a directory; give a .png file path, e.g. {out / 'out.png'}")
+    suffixes = _writable_suffixes()
+    if out.suffix.lower() not in suffixes:
+        what = f"{out.suffix} images" if out.suffix else "an image without a suffix"
+        raise EdgefmError(f"-o {out}: cannot write {what}; end the path in one of {', '.join(suffixes)}")
+    if source is not None and _same_file(out, Path(source)):
+        raise EdgefmError(f"-o {out} is the input image; writing there would destroy it: give another path")
+    _check_parent(out)
+
+
+def check_frames_out(out: Path, source: Path) -> None:
+    """Refuse a video -o that is a file, or the frames directory or inside it: input frames are never written over.
+    A directory holding the frames directory is fine: overlays go in it, not in the frames directory."""
+    out, source = Path(out), Path(source)
+    if out.exists() and not out.is_dir():
+        raise EdgefmError(f"-o {out} is a file; give a directory for the per-frame overlays")
+    if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
+        raise EdgefmError(f"-o {out} is or is inside the input {source}; give a directory outside it so the "
+                          "input frames are never written over")
+    _check_parent(out)
+
+
 def _sam2(artifact_dir: Path):
     import edgefm
 
@@ -44,6 +86,7 @@ def _sam2(artifact_dir: Path):
 
 def run_image(artifact_dir: Path, image: Path, points, labels, box, multimask: bool, out: Path) -> dict:
     """Segment one image; the overlay shows the highest-scoring mask."""
+    check_image_out(out, image)
     artifact = _sam2(artifact_dir)
     picture = as_pil(image)
     artifact.set_image(picture)
@@ -74,6 +117,7 @@ def video_frames(source: Path):
 def run_video(artifact_dir: Path, source: Path, points, labels, box, out: Path,
               log: Callable[[str], None] = print) -> dict:
     """Prompt object 1 on the first frame, track it through the rest; one overlay PNG per frame in `out`."""
+    check_frames_out(out, source)
     artifact = _sam2(artifact_dir)
     tracker = artifact.video_tracker()
     seconds, count, visible = 0.0, 0, 0
@@ -101,6 +145,7 @@ def run_text_to_image(artifact_dir: Path, out: Path, prompt: str, negative_promp
     import edgefm
     from edgefm.runtimes.diffusion import to_pil
 
+    check_image_out(out, image)
     artifact = edgefm.load(artifact_dir)
     if not hasattr(artifact, "generate"):
         raise EdgefmError(f"--prompt draws with sd15 / sdxl artifacts; {artifact_dir} is {artifact.manifest.family}")

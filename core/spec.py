@@ -38,16 +38,22 @@ class TensorSpec:
     name: str
     dtype: str  # numpy dtype name, e.g. "float32", "int64"
     shape: tuple[Dim, ...]
+    range: tuple[int, int] | None = None  # inclusive [min, max] of valid values (token ids, labels); checked by run
 
     def to_json(self) -> dict:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        data = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        if self.range is not None:  # written only when set: manifests without ranges stay as they were
+            data["range"] = list(self.range)
+        return data
 
     @classmethod
     def from_json(cls, data: dict) -> "TensorSpec":
-        return cls(data["name"], data["dtype"], tuple(data["shape"]))
+        return cls(data["name"], data["dtype"], tuple(data["shape"]),
+                   tuple(data["range"]) if data.get("range") is not None else None)
 
     def describe(self) -> str:
-        return f"{self.name}: {self.dtype}[{', '.join(str(d) for d in self.shape)}]"
+        values = f" in {self.range[0]}..{self.range[1]}" if self.range is not None else ""
+        return f"{self.name}: {self.dtype}[{', '.join(str(d) for d in self.shape)}]{values}"
 
 
 @dataclass(frozen=True)

@@ -1,34 +1,142 @@
-"""Build artifacts in a hidden temporary directory and rename at the end.
+"""Where commands write: a hidden partial folder, moved into place at the end, never over what they read.
 
-An interrupted build therefore never leaves a directory that looks complete.
+An interrupted build therefore never leaves a folder that looks complete; its partial folder is removed
+by the next build to the same output. While a build runs it holds a lock next to the output, so a second
+build to the same output fails at once instead of one silently replacing the other.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterable
 
 from edgefm.errors import EdgefmError
+from edgefm.manifest import MANIFEST_NAME
+
+
+def check_output(out: Path, overwrite: bool, inputs: Iterable[Path | None] = ()) -> Path:
+    """Refuse, before any work, an output that is, holds or sits inside one of the command's inputs, or that
+    --overwrite could not replace without destroying something that is not an edgefm artifact."""
+    out = Path(out).absolute()
+    real = out.resolve()
+    for given in filter(None, inputs):
+        source = Path(given).resolve()
+        if real == source or source.is_relative_to(real):
+            raise EdgefmError(f"-o {out} is (or holds) the input {given}, which writing there would destroy; "
+                              "choose an output outside it")
+        if source.is_dir() and real.is_relative_to(source):
+            raise EdgefmError(f"-o {out} is inside the input {given}; write the output outside it")
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise EdgefmError(f"{out} already exists; choose another output or pass --overwrite to replace it")
+        _check_replaceable(out)
+    return out
+
+
+def check_file_outputs(outputs: Iterable[Path | None], inputs: Iterable[Path]) -> None:
+    """Report files (--json, --plot, ...) may not land in or on an input artifact: that would change it."""
+    inputs = [Path(i).resolve() for i in inputs]
+    for output in filter(None, outputs):
+        real = Path(output).resolve()
+        for source in inputs:
+            if real == source or real.is_relative_to(source):
+                raise EdgefmError(f"{output} is inside the input {source}, which writing it would change; "
+                                  "write it outside the artifact")
+
+
+def _check_replaceable(out: Path) -> None:
+    """--overwrite replaces an edgefm artifact or an empty folder, nothing else."""
+    if out.is_symlink() or not out.is_dir():
+        raise EdgefmError(f"--overwrite replaces edgefm artifact folders only, and {out} is not a folder; "
+                          "remove it yourself or choose another output")
+    if not (out / MANIFEST_NAME).is_file() and any(out.iterdir()):
+        raise EdgefmError(f"--overwrite replaces edgefm artifact folders only, and {out} holds other files (no "
+                          f"{MANIFEST_NAME}); remove it yourself or choose another output")
 
 
 @contextmanager
-def staging_dir(out: Path, overwrite: bool = False):
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise EdgefmError(f"{out} already exists; choose another output or pass --overwrite")
+def staging_dir(out: Path, overwrite: bool = False, inputs: Iterable[Path | None] = (),
+                log: Callable[[str], None] = print):
+    """Yield an empty hidden folder next to `out`; on success it becomes `out`, on any error it is removed."""
+    out = check_output(out, overwrite, inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
+    with _claim(out, log):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
+        try:
+            yield tmp
+            _move_into_place(tmp, out, overwrite)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+
+def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
+    if not (out.exists() or out.is_symlink()):
+        # rename(2) cannot replace a file or a non-empty folder; at most an empty folder made in this instant
+        os.rename(tmp, out)
+        return
+    if not overwrite:
+        raise EdgefmError(f"{out} appeared while this command ran (another program wrote it); nothing was replaced. "
+                          "Run again with another output, or with --overwrite")
+    _check_replaceable(out)
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    os.rename(out, old)
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def _claim(out: Path, log: Callable[[str], None]):
+    """A lock file next to `out` for the build's lifetime; a dead build's lock and partial folders are cleared."""
+    lock = out.with_name(f".{out.name}.edgefm-lock")
+    me = f"{os.getpid()} {socket.gethostname()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            owner = lock.read_text(errors="replace").strip()
+            if _alive(owner):
+                raise EdgefmError(f"another edgefm command (pid {owner}) is writing {out}; wait for it to finish or "
+                                  f"choose another output (if it is not running any more, delete {lock})") from None
+            lock.unlink(missing_ok=True)
     else:
-        tmp.rename(out)
+        raise EdgefmError(f"could not claim {out}: {lock} keeps reappearing; another command is writing it")
+    try:
+        os.write(fd, me.encode())
+        os.close(fd)
+        _remove_leftovers(out, log)
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _alive(owner: str) -> bool:
+    """Whether the lock's owner (pid and host) still runs; a lock from another host is taken as alive."""
+    try:
+        pid, host = owner.split(" ", 1)
+        pid = int(pid)
+    except ValueError:
+        return False  # a lock cut short by a crash while it was written
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_leftovers(out: Path, log: Callable[[str], None]) -> None:
+    """Partial folders of builds to `out` that were killed: we hold the lock, so nobody else is writing them."""
+    prefixes = (f".{out.name}.partial-", f".{out.name}.old-")
+    for leftover in out.parent.iterdir():
+        if leftover.name.startswith(prefixes) and leftover.is_dir() and not leftover.is_symlink():
+            log(f"removing {leftover.name}, left by an interrupted build of {out.name}")
+            shutil.rmtree(leftover, ignore_errors=True)

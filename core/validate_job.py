@@ -7,7 +7,7 @@ from typing import Callable
 
 from edgefm import registry
 from edgefm.errors import ArtifactError, EdgefmError
-from edgefm.manifest import Manifest
+from edgefm.manifest import MANIFEST_NAME, Manifest, sha256_file
 
 
 def validate(artifact: Path, against: Path | None = None, calib_dir: Path | None = None,
@@ -15,10 +15,24 @@ def validate(artifact: Path, against: Path | None = None, calib_dir: Path | None
     manifest = Manifest.load(artifact)
     if against is None and manifest.stage == "exported":
         return _against_torch(Path(artifact), manifest, log)
-    reference_dir = Path(against or (manifest.parent or {}).get("path", ""))
+    reference_dir = Path(against) if against else recorded_parent(Path(artifact), manifest)
     if not (reference_dir / "manifest.json").is_file():
         raise ArtifactError(f"reference artifact {reference_dir} not found; pass --against EXPORTED_DIR")
+    if reference_dir.resolve() == Path(artifact).resolve():
+        raise ArtifactError(f"--against {against} is the artifact itself; compare with the export it was made from")
     return _against_artifact(Path(artifact), manifest, reference_dir, calib_dir, log)
+
+
+def recorded_parent(artifact: Path, manifest: Manifest) -> Path:
+    """The export `artifact` was compiled from, refused when it changed since (its manifest sha256 differs):
+    gating against another model would pass or fail for the wrong reason."""
+    parent = manifest.parent or {}
+    path = Path(parent.get("path", ""))
+    recorded = parent.get("manifest_sha256")
+    if recorded and (path / MANIFEST_NAME).is_file() and sha256_file(path / MANIFEST_NAME) != recorded:
+        raise ArtifactError(f"the export {path} changed since {artifact} was compiled from it (its manifest sha256 "
+                            "differs from the one recorded); recompile, or compare anyway with --against DIR")
+    return path
 
 
 def _against_artifact(artifact: Path, manifest: Manifest, reference_dir: Path, calib_dir, log) -> Manifest:

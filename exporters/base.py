@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -72,6 +73,9 @@ def weights_sha256(model) -> str:
     return digest.hexdigest()
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # what the Hugging Face hub accepts as a repo id
+
+
 class ModelFamily:
     name: str = ""
     description: str = ""
@@ -87,8 +91,12 @@ class ModelFamily:
         if model is not None:
             if random_weights:
                 raise EdgefmError("--random-weights builds a variant's architecture; use it with --variant")
-            kind = "dir" if Path(model).is_dir() else "hub"
-            return Source(kind, str(Path(model).resolve()) if kind == "dir" else model)
+            if Path(model).is_dir():
+                return Source("dir", str(Path(model).resolve()))
+            if not HUB_ID.fullmatch(model) or Path(model).exists():
+                raise EdgefmError(f"--model {model}: no such folder (and not a hub id like "
+                                  "openai/clip-vit-base-patch32); give a folder written by save_pretrained() or a hub id")
+            return Source("hub", model)
         if variant not in self.variants:
             raise UnknownChoiceError(f"{self.name} variant", variant, self.variants)
         chosen = self.variants[variant]
@@ -130,9 +138,17 @@ class ModelFamily:
 
 def from_pretrained(loader: Callable, source: Source, what: str):
     """Load from a hub id or local directory with an error that says what to do offline."""
+    import pickle
+
     try:
         return loader(source.id)
-    except OSError as exc:
+    # OSError: missing files; ValueError: an architecture transformers lacks or remote code (never trusted);
+    # UnpicklingError: a pickled checkpoint torch's weights-only loader refuses (it could run code)
+    except (OSError, ValueError, pickle.UnpicklingError) as exc:
+        if isinstance(exc, pickle.UnpicklingError):
+            raise EdgefmError(f"the {what} at {source.id!r} is a pickle that could run code when loaded, and edgefm "
+                              "never loads those; where you trust it, re-save it as safetensors "
+                              "(save_pretrained(..., safe_serialization=True)) and export that") from None
         hint = ("check the directory holds a save_pretrained() checkpoint"
                 if source.kind == "dir" else
                 "no network or unknown id? download it where you have a network and pass --model LOCAL_DIR, "

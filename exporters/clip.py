@@ -138,7 +138,7 @@ class ClipFamily(ModelFamily):
             {"model_type": "clip", "num_heads": vision.num_attention_heads, "hidden_size": vision.hidden_size})
         text_component = Component(
             "text_encoder", text_module,
-            [TensorSpec("input_ids", "int64", ("batch", "sequence"))],
+            [TensorSpec("input_ids", "int64", ("batch", "sequence"), (0, text.vocab_size - 1))],
             [TensorSpec("text_embeds", "float32", ("batch", dim))],
             token_ids, {"batch": 2, "sequence": context},
             [{"batch": 1, "sequence": context}, {"batch": 3, "sequence": max(4, context // 4)}],

@@ -302,7 +302,8 @@ class Sam2Family(ModelFamily):
                       pixels, {"batch": 2}, [{"batch": 1}, {"batch": 3}], batch_rule),
             Component("mask_decoder", modules["mask_decoder"],
                       [embed, s0, s1, TensorSpec("point_coords", "float32", ("batch", "points", 2)),
-                       TensorSpec("point_labels", "int64", ("batch", "points")),
+                       # -1 not a point, 0 negative, 1 positive, 2 / 3 box corners (SAM 2's point_embed rows)
+                       TensorSpec("point_labels", "int64", ("batch", "points"), (-1, 3)),
                        TensorSpec("mask_input", "float32", low_mask),
                        TensorSpec("has_mask_input", "float32", ("batch",))],
                       [TensorSpec("masks", "float32", ("batch", 4, low, low)),
@@ -323,7 +324,8 @@ class Sam2Family(ModelFamily):
                       [vision_feat, vision_pos,
                        TensorSpec("memory", "float32", ("batch", "memories", mem, grid, grid)),
                        TensorSpec("memory_pos", "float32", ("batch", "memories", mem, grid, grid)),
-                       TensorSpec("memory_tpos_index", "int64", ("memories",)),
+                       # temporal offset - 1 with offsets 0..num_maskmem-1 (see MemoryAttention)
+                       TensorSpec("memory_tpos_index", "int64", ("memories",), (-1, config.num_maskmem - 2)),
                        TensorSpec("object_pointers", "float32", ("batch", "pointers", hidden)),
                        TensorSpec("pointer_tpos", "float32", ("pointers",))],
                       [TensorSpec("pix_feat", "float32", feat(hidden, grid))],

@@ -211,7 +211,7 @@ class DiffusionFamily(ModelFamily):
         if name == "text_encoder_2":
             outputs.append(TensorSpec("text_embeds", "float32", ("batch", config.projection_dim)))
         return Component(
-            name, module, [TensorSpec("input_ids", "int64", ("batch", CONTEXT))], outputs,
+            name, module, [TensorSpec("input_ids", "int64", ("batch", CONTEXT), (0, config.vocab_size - 1))], outputs,
             _token_inputs(tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
                           min(config.vocab_size, tokenizer.bos_token_id)),
             {"batch": 2}, [{"batch": 1}, {"batch": 3}], {"batch": {"default": 1}},

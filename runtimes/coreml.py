@@ -57,6 +57,8 @@ MACOS_FOR = {"ios17": (14, 0), "macos14": (14, 0), "ios18": (15, 0), "macos15": 
 
 
 class CoreMLSession(Session):
+    REENTRANT = False  # MLModel.predict is not documented as thread-safe: one prediction at a time
+
     def __init__(self, path: Path, entry: ComponentEntry, name: str, compute_units: str | None = None,
                  threads: int | None = None):
         """`threads` is accepted for the common session API and ignored: Core ML schedules its own work."""

@@ -28,10 +28,47 @@ def _prompts(value, what: str) -> list[str]:
     return prompts
 
 
+def _whole(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _finite(value, name: str, example: str) -> float:
+    """A real number that is not NaN / inf (bools and strings are refused, not converted)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value):
+        raise FeedError(f"{name} {value!r} is not a finite number; pass e.g. --{name} {example}")
+    return float(value)
+
+
+def _seed(seed) -> int:
+    """numpy's generator takes whole numbers >= 0; it raises a bare ValueError on -1."""
+    if not _whole(seed) or seed < 0:
+        raise FeedError(f"seed must be a whole number >= 0, got {seed!r}; pass e.g. --seed 0")
+    return int(seed)
+
+
+def _strength(strength) -> float:
+    strength = _finite(strength, "strength", "0.8")
+    if not 0 < strength <= 1:
+        raise FeedError(f"strength must be in (0, 1], got {strength} (1: ignore the image's content); pass e.g. "
+                        "--strength 0.8")
+    return strength
+
+
 def vae_pixels(image, height: int, width: int) -> np.ndarray:
     """An image -> the VAE encoder's input [1, 3, height, width] in [-1, 1] (Lanczos resize, as diffusers)."""
     pil = as_pil(image).resize((width, height), Image.Resampling.LANCZOS)
     return (np.asarray(pil, np.float32) / 127.5 - 1.0).transpose(2, 0, 1)[None]
+
+
+def _check_latents(latents, shape: tuple) -> None:
+    if latents is None:
+        return
+    if not isinstance(latents, np.ndarray) or latents.shape != shape or latents.dtype != np.float32:
+        raise FeedError(f"latents must be float32 {list(shape)} (a numpy array), got {type(latents).__name__} "
+                        f"{getattr(latents, 'dtype', '')}{list(getattr(latents, 'shape', []))}")
+    if not np.isfinite(latents).all():
+        raise FeedError("latents hold NaN or infinite values; pass finite starting noise (e.g. standard normal)")
 
 
 def to_pil(images: np.ndarray) -> list[Image.Image]:
@@ -46,8 +83,8 @@ class DiffusionArtifact(Artifact):
 
     def tokenizer(self, encoder: str) -> TextTokenizer:
         if not hasattr(self, "_tokenizers"):
-            self._tokenizers = {name: TextTokenizer(self.directory / text["tokenizer"], text["context_length"],
-                                                    text["pad_id"]) for name, text in self.task["text"].items()}
+            self._tokenizers = {name: TextTokenizer.from_manifest(self.manifest, self.directory, text)
+                                for name, text in self.task["text"].items()}
         return self._tokenizers[encoder]
 
     # -- conditioning ---------------------------------------------------------------------------
@@ -81,8 +118,9 @@ class DiffusionArtifact(Artifact):
         default, step = self.task["default_size"], self.task["vae_scale_factor"] * self.task["latent_multiple"]
         if image is not None:
             image = as_pil(image)
-            height, width = height or max(image.height // step, 1) * step, width or max(image.width // step, 1) * step
-        height, width = height or default, width or default
+            height = max(image.height // step, 1) * step if height is None else height
+            width = max(image.width // step, 1) * step if width is None else width
+        height, width = default if height is None else height, default if width is None else width
         for name, value in (("height", height), ("width", width)):
             if not isinstance(value, (int, np.integer)) or value < step or value % step:
                 raise FeedError(f"{name} {value!r} must be a positive multiple of {step} for this model "
@@ -93,9 +131,11 @@ class DiffusionArtifact(Artifact):
     def settings(self, steps: int | None = None, guidance: float | None = None, scheduler: str | None = None) -> dict:
         """Steps, guidance and scheduler as asked, the artifact's defaults for what is not given."""
         defaults = self.task["defaults"]
-        return {"steps": defaults["steps"] if steps is None else steps,
-                "guidance": float(defaults["guidance"] if guidance is None else guidance),
-                "scheduler": scheduler or self.task["scheduler"]["default"]}
+        steps = defaults["steps"] if steps is None else steps
+        if not _whole(steps) or steps < 1:
+            raise FeedError(f"steps must be an integer >= 1, got {steps!r}; pass e.g. --steps {defaults['steps']}")
+        guidance = _finite(defaults["guidance"] if guidance is None else guidance, "guidance", defaults["guidance"])
+        return {"steps": int(steps), "guidance": guidance, "scheduler": scheduler or self.task["scheduler"]["default"]}
 
     def _scheduler(self, name: str, steps: int):
         if name not in SCHEDULERS:
@@ -119,20 +159,18 @@ class DiffusionArtifact(Artifact):
         negatives = negatives * len(prompts) if negatives is not None and len(negatives) == 1 else negatives
         chosen = self.settings(steps, guidance, scheduler)
         steps, guidance, scheduler = chosen["steps"], chosen["guidance"], chosen["scheduler"]
+        seed, strength = _seed(seed), _strength(strength)
         height, width = self._size(height, width, image)
         sampler = self._scheduler(scheduler, steps)
         rng = np.random.default_rng(seed)
         shape = (len(prompts), self.task["latent_channels"], height // self.task["vae_scale_factor"],
                  width // self.task["vae_scale_factor"])
-        if latents is not None and (latents.shape != shape or latents.dtype != np.float32):
-            raise FeedError(f"latents must be float32 {list(shape)}, got {latents.dtype}{list(latents.shape)}")
+        _check_latents(latents, shape)
         noise = rng.standard_normal(shape, dtype=np.float32) if latents is None else latents
         start = 0
         if image is None:
             latents = noise * np.float32(sampler.init_noise_sigma)
         else:
-            if not 0 < strength <= 1:
-                raise FeedError(f"strength must be in (0, 1], got {strength}")
             start = steps - min(int(steps * strength), steps)
             if start == steps:
                 raise FeedError(f"strength {strength} with {steps} steps leaves no step to run; raise either")

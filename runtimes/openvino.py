@@ -36,12 +36,21 @@ class OpenVinoSession(Session):
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self._compiled = core.compile_model(str(path), self.device, config)
-        self._request = self._compiled.create_infer_request()
+        # An infer request runs one inference at a time ("Infer Request is busy"): each run takes an idle one,
+        # or makes one when every request is in use, and gives it back. list.pop / append are atomic.
+        self._idle = [self._compiled.create_infer_request()]
         self._outputs = {o.name: self._compiled.output(o.name) for o in entry.outputs}
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        result = self._request.infer(feeds, share_outputs=False)
-        return {name: result[port] for name, port in self._outputs.items()}
+        try:
+            request = self._idle.pop()
+        except IndexError:
+            request = self._compiled.create_infer_request()
+        try:
+            result = request.infer(feeds, share_outputs=False)  # copies: the outputs outlive the request's turn
+            return {name: result[port] for name, port in self._outputs.items()}
+        finally:
+            self._idle.append(request)
 
 
 def open_session(path: Path, entry: ComponentEntry, name: str, **options) -> OpenVinoSession:

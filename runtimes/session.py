@@ -1,6 +1,8 @@
 """Session base: checks feeds against the manifest's specs before any backend sees them."""
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Mapping
 
 import numpy as np
@@ -14,17 +16,24 @@ class Session:
 
     `dims` holds constraints on symbolic dimensions from the manifest, e.g.
     {"height": {"default": 224, "multiple_of": 14}, "sequence": {"max": 77}}.
+
+    `run` may be called from several threads at once and returns each caller its own result. A backend whose
+    `_run` is not safe to enter twice at once sets REENTRANT = False: its runs then take a per-session lock.
     """
+
+    REENTRANT = True
 
     def __init__(self, name: str, inputs: list[TensorSpec], outputs: list[TensorSpec], dims: dict | None = None):
         self.name = name
         self.inputs = list(inputs)
         self.outputs = list(outputs)
         self.dims = dims or {}
+        self._lock = contextlib.nullcontext() if self.REENTRANT else threading.Lock()
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.check_feeds(feeds)
-        return self._run(dict(feeds))
+        with self._lock:
+            return self._run(dict(feeds))
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -33,7 +42,7 @@ class Session:
         if not isinstance(feeds, Mapping):
             raise FeedError(f"{self.name}: feeds must be a dict of input name -> numpy array, got {type(feeds).__name__}")
         expected = {s.name: s for s in self.inputs}
-        unknown = sorted(set(feeds) - set(expected))
+        unknown = sorted(set(feeds) - set(expected), key=str)  # key=str: a non-str key must not break the message
         missing = sorted(set(expected) - set(feeds))
         if unknown or missing:
             raise FeedError(f"{self.name}: unknown inputs {unknown}, missing inputs {missing}; "
@@ -61,6 +70,18 @@ class Session:
                 raise FeedError(f"{where} got {want}={got} on axis {axis}, but input {other_input!r} "
                                 f"has {want}={other_size}; they must agree")
             bound.setdefault(want, (got, spec.name))
+        # The one place values are checked: backends would compute garbage from NaN / Inf silently, and
+        # out-of-range ids fail deep in a Gather (ONNX Runtime) or wrap around (negative ids).
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            bad = value.size - np.count_nonzero(np.isfinite(value))
+            raise FeedError(f"{where} has {bad} non-finite value(s) (NaN / Inf) of {value.size}; replace them "
+                            "(e.g. np.nan_to_num) or fix the preprocessing that made them")
+        if spec.range is not None and value.size:
+            low, high = spec.range
+            if value.min() < low or value.max() > high:
+                outside = (value < low) | (value > high)
+                raise FeedError(f"{where} has value {value[outside][0]} outside its range {low}..{high} "
+                                f"({np.count_nonzero(outside)} such value(s)); feed values in {low}..{high}")
 
     def _check_symbolic(self, where: str, dim: str, size: int, axis: int, shape) -> None:
         rule = self.dims.get(dim, {})

@@ -130,6 +130,8 @@ def engine_mismatch(built: dict, here: dict, artifact: Path, component: str) -> 
 
 
 class TensorRTSession(Session):
+    REENTRANT = False  # one execution context, its device buffers and CUDA graph: one run at a time
+
     def __init__(self, path: Path, entry: ComponentEntry, name: str, cuda_graphs: bool = False,
                  threads: int | None = None):  # threads: CPU runtimes' option, nothing to set on a GPU
         import tensorrt as trt

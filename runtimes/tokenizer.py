@@ -19,16 +19,19 @@ class TextTokenizer:
         self._tokenizer.enable_padding(pad_id=pad_id, length=context_length)
 
     @classmethod
-    def from_task(cls, task: dict, directory: Path) -> "TextTokenizer":
-        """The tokenizer an artifact's manifest `task.text` block describes."""
-        text = task["text"]
-        return cls(Path(directory) / text["tokenizer"], text["context_length"], text["pad_id"])
+    def from_manifest(cls, manifest, directory: Path, text: dict | None = None) -> "TextTokenizer":
+        """The tokenizer a `task.text` block of the artifact's manifest describes (default: `task["text"]`);
+        its file must be one of the artifact's hashed assets."""
+        text = text or manifest.task["text"]
+        return cls(manifest.asset_path(directory, text["tokenizer"]), text["context_length"], text["pad_id"])
 
     def __call__(self, texts) -> np.ndarray:
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = list(texts)
-        if not texts or not all(isinstance(t, str) for t in texts):
-            raise FeedError("texts must be a non-empty list of strings")
+        try:
+            listed = [texts] if isinstance(texts, str) else list(texts)
+        except TypeError:  # not iterable
+            listed = []
+        if not listed or not all(isinstance(t, str) for t in listed):
+            raise FeedError(f"texts must be a string or a non-empty list of strings, got {texts!r}")
+        texts = listed
         encodings = self._tokenizer.encode_batch(texts)
         return np.asarray([e.ids for e in encodings], dtype=np.int64)

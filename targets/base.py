@@ -56,6 +56,9 @@ class Target:
                 return f"{exc.name} is not installed (pip install 'edgefm[build]')"
         return None
 
+    def check_options(self, options, source) -> None:
+        """Refuse, before any work, options that do not fit the exported artifact (`source`, its Manifest)."""
+
     def schemes(self, precision: Precision, options, entry=None) -> list[Scheme]:
         """The ladder for one component (its exported manifest `entry`), most aggressive first."""
         raise NotImplementedError
@@ -71,9 +74,9 @@ class Target:
 
     def validation_session(self, request: CompileRequest, entry: ComponentEntry, options):
         """The session whose outputs are gated against the fp32 export: by default the compiled file itself."""
-        from edgefm.runtimes.loader import open_session
+        from edgefm.runtimes.loader import open_component
 
-        return open_session(request.out_dir, entry, request.component)
+        return open_component(request.out_dir, entry, request.component)
 
     def static_checks(self, request: CompileRequest, entry: ComponentEntry, options) -> list:
         """Checks of the written file that need no runtime (names, shapes, weight storage): a list of Check."""

@@ -137,6 +137,8 @@ class TorchWrapperSession(Session):
     compute when the package computes in fp16. What it cannot show is Core ML's own kernels (the
     Neural Engine's accumulation, op fusions), which only a Mac measures."""
 
+    REENTRANT = False  # _run may swap self.module / self.dtype (the fp16 fallback) while another run uses them
+
     def __init__(self, name: str, module, entry, half: bool, compressed: bool):
         import torch
 

@@ -20,7 +20,8 @@ from edgefm.errors import EdgefmError
 from edgefm.spec import Precision
 from edgefm.targets.base import CompileRequest, Scheme, Target
 from edgefm.targets.onnxruntime import FP16_SENSITIVE, MATMUL_CONV
-from edgefm.targets.tensorrt_plan import DEVICE_PROFILES, PLAN_FILE, parse_shape_overrides
+from edgefm.targets.tensorrt_plan import (DEVICE_PROFILES, PLAN_FILE, artifact_dims, check_shape_dims,
+                                          parse_shape_overrides)
 
 # ModelOpt AutoCast's default: activations past this magnitude keep their node in fp32 (fp16 tops out
 # at 65504, and products / sums of such values get there within a layer).
@@ -40,7 +41,7 @@ class TensorRTOptions:
         parse_shape_overrides(self.shapes)  # bad syntax fails before any work
         if self.int4_group_size not in (16, 32, 64, 128):
             raise EdgefmError(f"int4 group size {self.int4_group_size}: use 16, 32, 64 or 128")
-        if self.fp16_data_max <= 0:
+        if not 0 < self.fp16_data_max < float("inf"):
             raise EdgefmError("--fp16-data-max must be positive (default 512)")
 
 
@@ -56,6 +57,9 @@ class TensorRTTarget(Target):
     def cannot_run_here(self) -> str | None:
         return ("TensorRT engines are built, gated and timed on their GPU by `edgefm engine`; compile gates the "
                 "graphs they are built from on ONNX Runtime, fp16 storage emulated")
+
+    def check_options(self, options: TensorRTOptions, source) -> None:
+        check_shape_dims(parse_shape_overrides(options.shapes), artifact_dims(source))
 
     def schemes(self, precision: Precision, options: TensorRTOptions, entry=None) -> list[Scheme]:
         unsupported = DEVICE_PROFILES[options.device_profile]["unsupported"].get(precision.value)

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from edgefm.errors import ArtifactError, EdgefmError
-from edgefm.manifest import Manifest
+from edgefm.manifest import Manifest, inside
 from edgefm.spec import dim_range
 
 PLAN_FORMAT = 1
@@ -69,7 +69,7 @@ def optimization_profile(entry, overrides: dict[str, tuple[int, int, int]]) -> d
 def build_plan(manifest: Manifest, directory: Path, device_profile: str | None = None,
                shapes: tuple[str, ...] | None = None) -> dict:
     """The plan of a TensorRT-compiled artifact in `directory`; `device_profile` / `shapes` override the compile's."""
-    components, profile_name, all_dims = {}, "generic", set()
+    components, profile_name = {}, "generic"
     for name, entry in manifest.components.items():
         if entry.target != "tensorrt":
             raise ArtifactError(f"{directory}: {name} was compiled for {entry.target or 'no target (an export)'}, "
@@ -77,10 +77,12 @@ def build_plan(manifest: Manifest, directory: Path, device_profile: str | None =
         options = entry.options.get("compile", {})
         profile_name = device_profile or options.get("device_profile", "generic")
         overrides = parse_shape_overrides(options.get("shapes", ()) if shapes is None else shapes)
-        all_dims |= _dims(entry)
         graph = entry.options.get("engine", {}).get("onnx", entry.file)
         pins_file = graph.removesuffix(".onnx") + ".fp16_pins.json"
-        pins = json.loads((Path(directory) / pins_file).read_text())
+        if not {graph, pins_file} <= set(entry.files()):  # a manifest is untrusted: read listed, hashed files only
+            raise ArtifactError(f"{directory}: {name} names {graph} / {pins_file}, which its manifest does not list; "
+                                "rebuild the artifact")
+        pins = json.loads(inside(Path(directory), pins_file).read_text())
         components[name] = {
             "onnx": graph, "onnx_sha256": entry.data_files.get(graph, entry.sha256),
             # external weights (graphs past 2 GB): the .onnx alone does not change when only they do
@@ -90,10 +92,7 @@ def build_plan(manifest: Manifest, directory: Path, device_profile: str | None =
             "strongly_typed": True, "tf32": False,
             "fp32_pins": pins, "profile": optimization_profile(entry, overrides),
             "min_compute_capability": MIN_COMPUTE_CAPABILITY.get(entry.precision)}
-    unknown = sorted(set(parse_shape_overrides(shapes or ())) - all_dims)
-    if unknown:
-        raise EdgefmError(f"--shapes names {', '.join(unknown)}, which no input has; dynamic dims: "
-                          f"{', '.join(sorted(all_dims)) or 'none'}")
+        check_shape_dims(overrides, artifact_dims(manifest))
     if profile_name not in DEVICE_PROFILES:
         raise EdgefmError(f"device profile {profile_name!r} is not one of: {', '.join(DEVICE_PROFILES)}")
     for name, component in components.items():
@@ -104,6 +103,18 @@ def build_plan(manifest: Manifest, directory: Path, device_profile: str | None =
     return {"edgefm_plan": PLAN_FORMAT, "family": manifest.family, "variant": manifest.variant,
             "device_profile": {"name": profile_name, **DEVICE_PROFILES[profile_name]},
             "components": components}
+
+
+def check_shape_dims(overrides: dict, dims: set[str]) -> None:
+    """--shapes may only name dynamic dims the artifact's inputs have (an unknown one would be ignored)."""
+    unknown = sorted(set(overrides) - dims)
+    if unknown:
+        raise EdgefmError(f"--shapes names {', '.join(unknown)}, which no input has; dynamic dims: "
+                          f"{', '.join(sorted(dims)) or 'none'}")
+
+
+def artifact_dims(manifest: Manifest) -> set[str]:
+    return set().union(*(_dims(entry) for entry in manifest.components.values()))
 
 
 def _dims(entry) -> set[str]:

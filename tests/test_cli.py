@@ -39,7 +39,7 @@ def test_errors_are_one_clear_line(tmp_path):
     assert result.exit_code == 2 and "unknown precision 'fp6'; valid choices: fp16, fp32, fp8, int4, int8" in result.output
     result = _run("compile", tmp_path, "--precision", "fp8", "-o", tmp_path / "y")  # fp8 is TensorRT's
     assert result.exit_code == 2 and "precision for onnxruntime 'fp8'; valid choices: fp16, fp32, int4, int8" in result.output
-    result = _run("compile", tmp_path, "-o", tmp_path / "y")
+    result = _run("compile", tmp_path / "no-artifact", "-o", tmp_path / "y")
     assert result.exit_code == 2 and "no manifest.json" in result.output
 
 

@@ -136,7 +136,7 @@ def test_bad_compile_requests(dinov2_exported, compiled, tmp_path):
     with pytest.raises(ArtifactError, match="already compiled"):
         compile_artifact(compiled("dinov2", "fp32"), "onnxruntime", "int8", tmp_path / "a", log=lambda m: None)
     with pytest.raises(ArtifactError, match="no manifest.json"):
-        compile_artifact(tmp_path, "onnxruntime", "int8", tmp_path / "a", log=lambda m: None)
+        compile_artifact(tmp_path / "no-artifact", "onnxruntime", "int8", tmp_path / "a", log=lambda m: None)
 
 
 def test_dynamic_resolution_compiles_and_validates_at_two_sizes(dinov2_dynamic, tmp_path):

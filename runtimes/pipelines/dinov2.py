@@ -4,12 +4,12 @@ from __future__ import annotations
 import numpy as np
 
 from edgefm.runtimes.loader import Artifact
-from edgefm.runtimes.preprocess import preprocess
+from edgefm.runtimes.preprocess import as_image_list, preprocess
 
 
 class Dinov2Artifact(Artifact):
     def _run(self, images, size):
-        pixels = preprocess(list(images), self.manifest.task["preprocess"], size)
+        pixels = preprocess(as_image_list(images), self.manifest.task["preprocess"], size)
         return self["image_encoder"].run({"pixel_values": pixels}), pixels.shape[-2:]
 
     def embed(self, images, size: tuple[int, int] | None = None) -> np.ndarray:

@@ -75,13 +75,16 @@ def select_masks(masks, iou, pointers, multimask: bool, decoder: dict):
 
 
 def _numbers(value, what: str, example: str) -> np.ndarray:
+    """Finite real numbers; strings, None, bools and ragged lists are refused, not converted."""
     try:
-        array = np.asarray(value, dtype=np.float64)
+        array = np.asarray(value)
     except (TypeError, ValueError):
-        raise FeedError(f"{what} must be numbers like {example}, got {value!r}") from None
+        array = None
+    if array is None or array.dtype.kind not in "iuf":
+        raise FeedError(f"{what} must be numbers like {example}, got {value!r}")
     if not np.isfinite(array).all():
-        raise FeedError(f"{what} must be finite numbers, got {value!r}")
-    return array
+        raise FeedError(f"{what} must be finite numbers like {example}, got {value!r}")
+    return array.astype(np.float64)
 
 
 def _check_inside(xy: np.ndarray, what: str, width: int, height: int) -> None:
@@ -141,6 +144,9 @@ def check_mask_input(mask_input, low: int) -> np.ndarray:
                         f"{getattr(mask_input, 'dtype', '')}")
     if mask_input.size != low * low or mask_input.shape[-2:] != (low, low):
         raise FeedError(f"mask_input must have shape [{low}, {low}], got {list(mask_input.shape)}")
+    if not np.isfinite(mask_input).all():
+        raise FeedError("mask_input holds NaN or infinite values; pass finite logits "
+                        "(a previous prediction's .logits[i])")
     return mask_input.reshape(1, 1, low, low).astype(np.float32)
 
 
@@ -218,11 +224,16 @@ class VideoTracker:
     """
 
     def __init__(self, artifact: "Sam2Artifact", num_frames: int | None = None):
+        valid = isinstance(num_frames, (int, np.integer)) and not isinstance(num_frames, bool) and num_frames >= 1
+        if num_frames is not None and not valid:
+            raise FeedError(f"num_frames {num_frames!r} must be the video's length, a whole number >= 1, or None "
+                            "for a stream of unknown length")
         self.artifact, self.task = artifact, artifact.task
         self.video = self.task["video"]
         limit = self.video["max_object_pointers"]
-        self.max_pointers = min(num_frames, limit) if num_frames else limit
-        self.no_pointer = np.load(artifact.directory / self.video["no_object_pointer"]).astype(np.float32)
+        self.max_pointers = min(int(num_frames), limit) if num_frames else limit
+        pointer_file = artifact.manifest.asset_path(artifact.directory, self.video["no_object_pointer"])
+        self.no_pointer = np.load(pointer_file).astype(np.float32)
         self.frame, self.features, self.hw = -1, None, None
         self.objects: dict = {}  # obj_id -> {"cond": {t: out}, "noncond": {t: out}, "tracked": set()}
         self.pending: dict = {}  # obj_id -> prompt for the current frame
@@ -249,6 +260,8 @@ class VideoTracker:
             if array.shape != self.hw or array.dtype.kind not in "bf":
                 raise FeedError(f"mask must be a bool or float array of the frame's shape {list(self.hw)}, "
                                 f"got {array.dtype} {list(array.shape)}")
+            if not np.isfinite(array).all():
+                raise FeedError("mask holds NaN or infinite values; pass a bool mask or finite floats (> 0: object)")
             self.pending[obj_id] = ("mask", resize_antialiased(array.astype(np.float32), size)[None, None])
         else:
             coords, codes = encode_prompt(points, labels, box, False, self.hw, size)
