@@ -27,8 +27,10 @@ def _log(message: str) -> None:
     _console().print(f"[dim]•[/dim] {escape(message)}", highlight=False)
 
 
-# The OS errors a user causes and can fix (a write-protected folder, a full disk): one line, not a traceback.
-USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG}
+# The OS errors a user causes and can fix: one line with the fix, not a traceback.
+USER_OS_ERRORS = {errno.EACCES: "choose a folder you may write to", errno.EPERM: "choose a folder you may write to",
+                  errno.EROFS: "choose a folder you may write to", errno.ENOSPC: "free some space or write elsewhere",
+                  errno.EDQUOT: "free some space or write elsewhere", errno.ENAMETOOLONG: "use a shorter name"}
 
 
 class _Group(click.Group):
@@ -46,7 +48,7 @@ class _Group(click.Group):
         except OSError as exc:
             if exc.errno not in USER_OS_ERRORS:
                 _report_bug()
-            _fail(f"{exc.strerror}: {exc.filename or ''}".rstrip(": ") + "; pick another place or free it up", 2)
+            _fail(f"{exc.strerror}: {exc.filename or ''}".rstrip(": ") + f"; {USER_OS_ERRORS[exc.errno]}", 2)
         except KeyboardInterrupt:
             _fail("interrupted; nothing half-written was left looking complete", 130)
         except Exception:
@@ -103,7 +105,7 @@ def _export_options(f):
     f = click.option("--variant", help="A named variant (see `edgefm models`); `tiny` works offline.")(f)
     f = click.option("--random-weights", is_flag=True,
                      help="Build the variant's real architecture with seeded random weights (no download).")(f)
-    f = click.option("--resolution", type=click.IntRange(min=1),
+    f = click.option("--resolution", type=click.IntRange(14, 4096),
                      help="Input size for DINOv2 (multiple of 14; default 224).")(f)
     f = click.option("--dynamic-resolution", is_flag=True, help="Export DINOv2 with dynamic height/width.")(f)
     f = click.option("--lora", type=click.Path(exists=True),
@@ -135,6 +137,12 @@ def export_cmd(family, model, variant, random_weights, resolution, dynamic_resol
     manifest = _export(family, model, variant, random_weights, resolution, dynamic_resolution, lora, lora_scale, out,
                        overwrite)
     _print_table([(out, manifest)])
+
+
+def _picture(ctx, param, value):
+    if value is not None and Path(value).suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise click.BadParameter(f"{value}: give a .png, .svg or .pdf path")
+    return value
 
 
 def _int_choice(ctx, param, value):
@@ -349,7 +357,8 @@ def validate(artifact, against, calib):
 @click.option("--json", "as_json", is_flag=True, help="Print the raw manifest.")
 @click.option("--sensitivity", is_flag=True, help="Show each quantized layer's measured error contribution and "
               "which layers the compile kept in float.")
-@click.option("--plot", type=click.Path(dir_okay=False), help="With --sensitivity: also draw it to this PNG.")
+@click.option("--plot", type=click.Path(dir_okay=False), callback=_picture,
+              help="With --sensitivity: also draw it to this PNG.")
 def inspect(artifact, as_json, sensitivity, plot):
     """Show an artifact's manifest for people (or as JSON)."""
     from edgefm.manifest import Manifest
@@ -392,7 +401,8 @@ def _batches(ctx, param, value: str) -> list[int]:
 @click.option("--threads", type=click.IntRange(min=1), help="Runtime threads (default: the runtime's own choice).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the full report as JSON.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), help="Write a markdown report.")
-@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG of latency and accuracy.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), callback=_picture,
+              help="Write a PNG of latency and accuracy.")
 def bench(artifacts, batches, warmup, iters, threads, json_path, markdown_path, plot_path):
     """Time every component of each ARTIFACT side by side: latency, throughput, load time, memory, accuracy."""
     from rich.progress import Progress
@@ -468,8 +478,9 @@ def _box(ctx, param, value):
 @click.option("--single-mask", is_flag=True, help="One mask instead of the best of three candidates.")
 @click.option("-o", "--out", required=True, type=click.Path(),
               help="Overlay PNG (--image) or a directory of per-frame overlays (--video).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing -o image (or the frame overlays in -o).")
 def run(artifact, prompt, negative_prompt, steps, guidance, seed, height, width, scheduler, strength, image, video,
-        points, background, box, single_mask, out):
+        points, background, box, single_mask, out, overwrite):
     """Prompt a SAM 2 ARTIFACT on an image or a video and write mask overlays, or draw --prompt with an
     sd15 / sdxl ARTIFACT and write the image."""
     from edgefm.errors import EdgefmError
@@ -480,17 +491,20 @@ def run(artifact, prompt, negative_prompt, steps, guidance, seed, height, width,
             raise EdgefmError("--prompt draws with a diffusion artifact; --video, --point, --background-point, --box "
                               "and --single-mask are SAM 2 options")
         _text_to_image(artifact, out, prompt=prompt, negative_prompt=negative_prompt, steps=steps, guidance=guidance,
-                       seed=seed, height=height, width=width, scheduler=scheduler, image=image, strength=strength)
+                       seed=seed, height=height, width=width, scheduler=scheduler, image=image, strength=strength,
+                       overwrite=overwrite)
         return
     if (image is None) == (video is None):
         raise EdgefmError("give exactly one of --image IMG or --video DIR_OR_FILE")
     prompt_points, labels = list(points) + list(background), [1] * len(points) + [0] * len(background)
     if video:
-        summary = run_video(Path(artifact), Path(video), prompt_points, labels, box, Path(out), log=_log)
+        summary = run_video(Path(artifact), Path(video), prompt_points, labels, box, Path(out), log=_log,
+                            overwrite=overwrite)
         click.echo(f"{summary['frames']} frames, {summary['fps']:.2f} fps (encoder + tracking, overlays excluded), "
                    f"object visible in {summary['object_visible_frames']}; overlays in {out}/")
         return
-    summary = run_image(Path(artifact), Path(image), prompt_points, labels, box, not single_mask, Path(out))
+    summary = run_image(Path(artifact), Path(image), prompt_points, labels, box, not single_mask, Path(out),
+                        overwrite)
     click.echo(f"mask of {summary['mask_pixels']} px, predicted IoU {summary['score']:.3f} "
                f"(best of {summary['candidates']}); overlay in {out}")
 

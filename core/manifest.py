@@ -21,8 +21,8 @@ def sha256_file(path: Path) -> str:
     """Content hash of a file, or of a package directory (Core ML's .mlpackage): its files' paths and bytes."""
     path = Path(path)
     digest = hashlib.sha256()
-    # a package's hidden files (Finder's .DS_Store) are not part of it
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")) if path.is_dir() else [path]
+    # every file counts, hidden ones too: a runtime may read any of them (ONNX external data can be a dot-file)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for file in files:
         if path.is_dir():
             digest.update(file.relative_to(path).as_posix().encode() + b"\0")
@@ -35,17 +35,25 @@ def sha256_file(path: Path) -> str:
 def inside(directory: Path, name: str) -> Path:
     """`directory / name`, refused unless it stays inside `directory`: a plain name (no folder, no `..`, not
     absolute) and no symlink, here or within a package folder, that leads out."""
-    if name in ("", ".", "..") or "/" in name or "\\" in name or PureWindowsPath(name).drive:
+    if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name or PureWindowsPath(name).drive:
         raise ArtifactError(f"the manifest names {name!r}, which is not a plain path inside the artifact folder; "
                             "refusing it (an artifact may only use its own files)")
     root = Path(directory).resolve()
     path = Path(directory) / name
     inner = [path, *path.rglob("*")] if path.is_dir() else [path]
     for item in inner:
-        if not item.resolve().is_relative_to(root):
+        try:
+            leaves = not item.resolve(strict=False).is_relative_to(root)
+        except (OSError, RuntimeError) as exc:  # a symlink loop, a name the file system refuses
+            raise ArtifactError(f"{item} cannot be resolved ({exc}); refusing it") from None
+        if leaves:
             raise ArtifactError(f"{item} is a link that leads out of the artifact folder {directory}; "
                                 "refusing it (an artifact may only use its own files)")
     return path
+
+
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not a JSON value")
 
 
 def check_schema(data, path: Path) -> None:
@@ -53,7 +61,7 @@ def check_schema(data, path: Path) -> None:
     import jsonschema
 
     version = data.get("format_version") if isinstance(data, dict) else None
-    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+    if isinstance(version, (int, float)) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise ArtifactError(f"{path} has format {version}, newer than this edgefm understands "
                             f"({FORMAT_VERSION}); upgrade edgefm")
     error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
@@ -65,10 +73,13 @@ def check_schema(data, path: Path) -> None:
 
 @lru_cache(maxsize=1)
 def _validator():
-    import jsonschema
+    from jsonschema import Draft202012Validator, validators
 
     schema = json.loads((Path(__file__).parent / "manifest.schema.json").read_text())
-    return jsonschema.Draft202012Validator(schema)
+    # JSON Schema counts 2.0 as an integer; a shape or format_version of 2.0 is not one edgefm wrote
+    strict = Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool))
+    return validators.extend(Draft202012Validator, type_checker=strict)(schema)
 
 
 def disk_bytes(path: Path) -> int:
@@ -151,9 +162,10 @@ class Manifest:
         if not path.is_file():
             raise ArtifactError(f"{directory} is not an edgefm artifact: no {MANIFEST_NAME} "
                                 "(make one with `edgefm export` or `edgefm build`)")
+        inside(directory, MANIFEST_NAME)
         try:
-            data = json.loads(path.read_text())
-        except (ValueError, UnicodeDecodeError) as exc:
+            data = json.loads(path.read_text(), parse_constant=_not_json)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise ArtifactError(f"{path} is not a valid edgefm manifest (not JSON: {exc}); rebuild the "
                                 "artifact") from None
         check_schema(data, path)
@@ -197,6 +209,10 @@ class Manifest:
 
         for name, entry in self.components.items():
             runtime_module(entry.runtime, f"{path}: components.{name}")
+            for spec in entry.inputs + entry.outputs:
+                if spec.range is not None and spec.range[0] > spec.range[1]:
+                    raise ArtifactError(f"{path}: components.{name} {spec.name}.range {list(spec.range)} is empty "
+                                        "(min > max); rebuild the artifact")
             if (entry.target is None) != (self.stage == "exported"):
                 raise ArtifactError(f"{path}: components.{name}.target is {entry.target!r} in a {self.stage} "
                                     "artifact (exported graphs have none, compiled ones name theirs); rebuild it")

@@ -48,9 +48,11 @@ def _check_parent(out: Path) -> None:
         raise EdgefmError(f"-o {out}: {existing} is a file, not a directory; give a path in a directory")
 
 
-def check_image_out(out: Path, source: Path | None = None) -> None:
-    """Refuse an image -o that cannot be written, or that is the input image, before any work is done."""
+def check_image_out(out: Path, artifact: Path, source: Path | None = None, overwrite: bool = False) -> None:
+    """Refuse, before any work, an image -o that cannot be written, is the input image or inside the artifact, or
+    exists (unless `overwrite`); make its folder."""
     out = Path(out)
+    _check_outside(out, artifact)
     if out.is_dir():
         raise EdgefmError(f"-o {out} is a directory; give a .png file path, e.g. {out / 'out.png'}")
     suffixes = _writable_suffixes()
@@ -59,19 +61,32 @@ def check_image_out(out: Path, source: Path | None = None) -> None:
         raise EdgefmError(f"-o {out}: cannot write {what}; end the path in one of {', '.join(suffixes)}")
     if source is not None and _same_file(out, Path(source)):
         raise EdgefmError(f"-o {out} is the input image; writing there would destroy it: give another path")
+    if out.exists() and not overwrite:
+        raise EdgefmError(f"-o {out} already exists; give another path or pass --overwrite to replace it")
     _check_parent(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
 
 
-def check_frames_out(out: Path, source: Path) -> None:
+def check_frames_out(out: Path, artifact: Path, source: Path, overwrite: bool = False) -> None:
     """Refuse a video -o that is a file, or the frames directory or inside it: input frames are never written over.
     A directory holding the frames directory is fine: overlays go in it, not in the frames directory."""
     out, source = Path(out), Path(source)
+    _check_outside(out, artifact)
     if out.exists() and not out.is_dir():
         raise EdgefmError(f"-o {out} is a file; give a directory for the per-frame overlays")
     if out.resolve() == source.resolve() or source.resolve() in out.resolve().parents:
         raise EdgefmError(f"-o {out} is or is inside the input {source}; give a directory outside it so the "
                           "input frames are never written over")
+    if out.is_dir() and any(out.glob("frame_*.png")) and not overwrite:
+        raise EdgefmError(f"-o {out} already holds frame_*.png overlays; give another directory or pass --overwrite "
+                          "to replace them")
     _check_parent(out)
+
+
+def _check_outside(out: Path, artifact: Path) -> None:
+    if Path(out).resolve().is_relative_to(Path(artifact).resolve()):
+        raise EdgefmError(f"-o {out} is inside the artifact {artifact}, which writing there would change; "
+                          "write outside it")
 
 
 def _sam2(artifact_dir: Path):
@@ -84,9 +99,10 @@ def _sam2(artifact_dir: Path):
     return artifact
 
 
-def run_image(artifact_dir: Path, image: Path, points, labels, box, multimask: bool, out: Path) -> dict:
+def run_image(artifact_dir: Path, image: Path, points, labels, box, multimask: bool, out: Path,
+              overwrite: bool = False) -> dict:
     """Segment one image; the overlay shows the highest-scoring mask."""
-    check_image_out(out, image)
+    check_image_out(out, artifact_dir, image, overwrite)
     artifact = _sam2(artifact_dir)
     picture = as_pil(image)
     artifact.set_image(picture)
@@ -115,9 +131,9 @@ def video_frames(source: Path):
 
 
 def run_video(artifact_dir: Path, source: Path, points, labels, box, out: Path,
-              log: Callable[[str], None] = print) -> dict:
+              log: Callable[[str], None] = print, overwrite: bool = False) -> dict:
     """Prompt object 1 on the first frame, track it through the rest; one overlay PNG per frame in `out`."""
-    check_frames_out(out, source)
+    check_frames_out(out, artifact_dir, source, overwrite)
     artifact = _sam2(artifact_dir)
     tracker = artifact.video_tracker()
     seconds, count, visible = 0.0, 0, 0
@@ -140,12 +156,12 @@ def run_text_to_image(artifact_dir: Path, out: Path, prompt: str, negative_promp
                       steps: int | None = None, guidance: float | None = None, seed: int = 0,
                       height: int | None = None, width: int | None = None, scheduler: str | None = None,
                       image: Path | None = None, strength: float = 0.8,
-                      progress: Callable[[int, int], None] | None = None) -> dict:
+                      progress: Callable[[int, int], None] | None = None, overwrite: bool = False) -> dict:
     """Draw one image with a Stable Diffusion artifact (image to image when `image` is given); write it to `out`."""
     import edgefm
     from edgefm.runtimes.diffusion import to_pil
 
-    check_image_out(out, image)
+    check_image_out(out, artifact_dir, image, overwrite)
     artifact = edgefm.load(artifact_dir)
     if not hasattr(artifact, "generate"):
         raise EdgefmError(f"--prompt draws with sd15 / sdxl artifacts; {artifact_dir} is {artifact.manifest.family}")

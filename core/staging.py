@@ -14,14 +14,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable
 
-from edgefm.errors import EdgefmError
-from edgefm.manifest import MANIFEST_NAME
+from edgefm.errors import ArtifactError, EdgefmError
+from edgefm.manifest import MANIFEST_NAME, Manifest
 
 
 def check_output(out: Path, overwrite: bool, inputs: Iterable[Path | None] = ()) -> Path:
     """Refuse, before any work, an output that is, holds or sits inside one of the command's inputs, or that
     --overwrite could not replace without destroying something that is not an edgefm artifact."""
     out = Path(out).absolute()
+    blocked = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocked:
+        raise EdgefmError(f"-o {out}: {blocked} is a file, not a folder; choose an output in a folder")
     real = out.resolve()
     for given in filter(None, inputs):
         source = Path(given).resolve()
@@ -41,21 +44,34 @@ def check_file_outputs(outputs: Iterable[Path | None], inputs: Iterable[Path]) -
     """Report files (--json, --plot, ...) may not land in or on an input artifact: that would change it."""
     inputs = [Path(i).resolve() for i in inputs]
     for output in filter(None, outputs):
+        blocked = next((p for p in Path(output).absolute().parents if p.exists() and not p.is_dir()), None)
+        if blocked or Path(output).is_dir():
+            raise EdgefmError(f"{output} cannot be written: {blocked or output} is a "
+                              f"{'file' if blocked else 'folder'}; give a file path in a folder")
         real = Path(output).resolve()
         for source in inputs:
             if real == source or real.is_relative_to(source):
                 raise EdgefmError(f"{output} is inside the input {source}, which writing it would change; "
                                   "write it outside the artifact")
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
 
 
 def _check_replaceable(out: Path) -> None:
-    """--overwrite replaces an edgefm artifact or an empty folder, nothing else."""
+    """--overwrite replaces an empty folder, or an edgefm artifact holding only what its manifest lists."""
+    refuse = f"--overwrite replaces edgefm artifact folders only, and {out}"
     if out.is_symlink() or not out.is_dir():
-        raise EdgefmError(f"--overwrite replaces edgefm artifact folders only, and {out} is not a folder; "
-                          "remove it yourself or choose another output")
-    if not (out / MANIFEST_NAME).is_file() and any(out.iterdir()):
-        raise EdgefmError(f"--overwrite replaces edgefm artifact folders only, and {out} holds other files (no "
-                          f"{MANIFEST_NAME}); remove it yourself or choose another output")
+        raise EdgefmError(f"{refuse} is not a folder; remove it yourself or choose another output")
+    if not any(out.iterdir()):
+        return
+    try:
+        listed = set(Manifest.load(out, verify=False).listed_files())
+    except ArtifactError:  # a web app's manifest.json is not ours: its folder is not ours to delete
+        raise EdgefmError(f"{refuse} is not one (no valid edgefm {MANIFEST_NAME}); remove it yourself or choose "
+                          "another output") from None
+    other = sorted(p.name for p in out.iterdir() if p.name not in listed | {MANIFEST_NAME})
+    if other:
+        raise EdgefmError(f"{refuse} also holds {', '.join(other[:5])}, which its manifest does not list; move "
+                          "them out or choose another output")
 
 
 @contextmanager

@@ -29,7 +29,10 @@ def recorded_parent(artifact: Path, manifest: Manifest) -> Path:
     parent = manifest.parent or {}
     path = Path(parent.get("path", ""))
     recorded = parent.get("manifest_sha256")
-    if recorded and (path / MANIFEST_NAME).is_file() and sha256_file(path / MANIFEST_NAME) != recorded:
+    if not recorded:
+        raise ArtifactError(f"{artifact} records no sha256 of the export it was compiled from, so that export "
+                            "cannot be recognised; pass --against EXPORTED_DIR")
+    if (path / MANIFEST_NAME).is_file() and sha256_file(path / MANIFEST_NAME) != recorded:
         raise ArtifactError(f"the export {path} changed since {artifact} was compiled from it (its manifest sha256 "
                             "differs from the one recorded); recompile, or compare anyway with --against DIR")
     return path
@@ -42,6 +45,9 @@ def _against_artifact(artifact: Path, manifest: Manifest, reference_dir: Path, c
     from edgefm.validation import validate_component
 
     reference = Manifest.load(reference_dir)
+    if reference.stage != "exported":  # a compiled reference (a copy of the artifact itself, say) proves nothing
+        raise ArtifactError(f"{reference_dir} is a compiled artifact; compare with the fp32 export: --against "
+                            "EXPORTED_DIR")
     if set(reference.components) != set(manifest.components) or reference.family != manifest.family:
         raise ArtifactError(f"{reference_dir} ({reference.family}: {sorted(reference.components)}) is not a "
                             f"reference for {artifact} ({manifest.family}: {sorted(manifest.components)})")

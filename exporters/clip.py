@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -105,8 +106,8 @@ class ClipFamily(ModelFamily):
                 tokenizer=tokenizer)
         else:
             model = from_pretrained(transformers.CLIPModel.from_pretrained, source, "CLIP model")
-            processor = from_pretrained(transformers.CLIPProcessor.from_pretrained, source,
-                                        "CLIP processor (tokenizer + preprocessor files)")
+            processor = from_pretrained(partial(transformers.CLIPProcessor.from_pretrained, trust_remote_code=False),
+                                        source, "CLIP processor (tokenizer + preprocessor files)")
         model.eval()
         return LoadedModel(model, processor, weights_sha256(model))
 

@@ -1,6 +1,7 @@
 """DINOv2 (distilled ViT-S/B/L/14, ViT-g/14, with or without registers): CLS embedding + patch tokens."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -84,11 +85,14 @@ class Dinov2Family(ModelFamily):
                 model = transformers.Dinov2Model(transformers.Dinov2Config(**config))
             processor = _image_processor()
         else:
-            model = from_pretrained(transformers.AutoModel.from_pretrained, source, "DINOv2 model")
+            model = from_pretrained(partial(transformers.AutoModel.from_pretrained, trust_remote_code=False), source,
+                                    "DINOv2 model")
             if model.config.model_type not in ("dinov2", "dinov2_with_registers"):
                 raise EdgefmError(f"{source.id} is a {model.config.model_type!r} checkpoint, not DINOv2")
-            processor = from_pretrained(transformers.AutoImageProcessor.from_pretrained, source,
-                                        "DINOv2 image processor (preprocessor_config.json)")
+            # never run a checkpoint's own code (transformers would ask on a terminal; edgefm says no)
+            processor = from_pretrained(partial(transformers.AutoImageProcessor.from_pretrained,
+                                                trust_remote_code=False),
+                                        source, "DINOv2 image processor (preprocessor_config.json)")
         model.eval()
         return LoadedModel(model, processor, weights_sha256(model))
 

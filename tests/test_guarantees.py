@@ -173,14 +173,37 @@ def test_outputs_never_destroy_inputs(dinov2_exported, tmp_path, where, overwrit
     assert _fingerprint(tmp_path) == before
 
 
+def test_overwrite_never_deletes_a_folder_that_is_not_wholly_an_artifact(dinov2_exported, tmp_path):
+    webapp = tmp_path / "webapp"
+    webapp.mkdir()
+    (webapp / "manifest.json").write_text('{"name": "my extension"}')  # not an edgefm manifest
+    (webapp / "background.js").write_text("precious")
+    art = _copy(dinov2_exported, tmp_path / "art")
+    (art / "notes.txt").write_text("mine")  # an artifact with a file of the user's
+    before = _fingerprint(tmp_path)
+    assert "is not one" in _one_line_error(_run("compile", dinov2_exported, "-o", webapp, "--overwrite"))
+    assert "also holds notes.txt" in _one_line_error(_run("compile", dinov2_exported, "-o", art, "--overwrite"))
+    assert _fingerprint(tmp_path) == before
+
+
+def test_hidden_files_in_a_package_folder_are_hashed(tmp_path):
+    package = tmp_path / "model.mlpackage"
+    (package / "sub").mkdir(parents=True)
+    (package / "sub" / ".weights.bin").write_bytes(b"\0" * 64)
+    first = sha256_file(package)
+    assert sha256_file(package) == first  # control: same bytes, same hash
+    (package / "sub" / ".weights.bin").write_bytes(b"\1" * 64)
+    assert sha256_file(package) != first
+
+
 def test_overwrite_replaces_an_artifact_and_an_empty_folder(dinov2_exported, tmp_path):
     (tmp_path / "empty").mkdir()
     assert _run("compile", dinov2_exported, "-o", tmp_path / "empty", "--overwrite").exit_code == 0
-    (tmp_path / "empty" / "stale.txt").write_text("an artifact's leftover")  # shows the folder was replaced
+    with open(tmp_path / "empty" / "preprocessor_config.json", "a") as f:
+        f.write(" ")  # damaged: only a replaced folder loads again
     assert _run("compile", dinov2_exported, "-o", tmp_path / "empty").exit_code == 2  # control: needs --overwrite
     assert _run("compile", dinov2_exported, "-o", tmp_path / "empty", "--overwrite").exit_code == 0
     edgefm.load(tmp_path / "empty")
-    assert not (tmp_path / "empty" / "stale.txt").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no partial folder or lock left
 
 
@@ -237,15 +260,22 @@ def test_a_killed_compile_leaves_nothing_that_looks_complete_and_a_rerun_succeed
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_run_never_writes_over_its_input(sam2_exported, tmp_path):
+def test_run_never_writes_over_its_input_the_artifact_or_an_existing_file(sam2_exported, tmp_path):
     from PIL import Image
 
+    art = _copy(sam2_exported, tmp_path / "art")
     image = tmp_path / "photo.png"
     Image.new("RGB", (64, 48), (200, 30, 30)).save(image)
+    (tmp_path / "kept.png").write_bytes(image.read_bytes())
     before = _fingerprint(tmp_path)
-    _one_line_error(_run("run", sam2_exported, "--image", image, "--point", "10,10", "-o", image))
-    _one_line_error(_run("run", sam2_exported, "--image", image, "--point", "10,10", "-o", tmp_path))
+    prompt = ["--image", image, "--point", "10,10"]
+    _one_line_error(_run("run", art, *prompt, "-o", image))
+    _one_line_error(_run("run", art, *prompt, "-o", tmp_path))
+    assert "inside the artifact" in _one_line_error(_run("run", art, *prompt, "-o", art / "mask.png"))
+    assert "already exists" in _one_line_error(_run("run", art, *prompt, "-o", tmp_path / "kept.png"))
     assert _fingerprint(tmp_path) == before
+    assert _run("run", art, *prompt, "-o", tmp_path / "kept.png", "--overwrite").exit_code == 0  # control
+    assert _run("run", art, *prompt, "-o", tmp_path / "new" / "dir" / "mask.png").exit_code == 0
 
 
 # --- provenance -----------------------------------------------------------------------------------------------
@@ -259,6 +289,11 @@ def test_validate_refuses_a_parent_that_changed(dinov2_exported, tmp_path):
     assert _run("validate", tmp_path / "fp16", "--against", parent).exit_code == 0  # asked for explicitly
     assert "is the artifact itself" in _one_line_error(_run("validate", tmp_path / "fp16", "--against",
                                                             tmp_path / "fp16"))
+    shutil.copytree(tmp_path / "fp16", tmp_path / "copy")
+    assert "is a compiled artifact" in _one_line_error(_run("validate", tmp_path / "fp16", "--against",
+                                                            tmp_path / "copy"))
+    _edit(tmp_path / "fp16", lambda d: d["parent"].pop("manifest_sha256"))
+    assert "records no sha256" in _one_line_error(_run("validate", tmp_path / "fp16"))
 
 
 # --- schema -------------------------------------------------------------------------------------------------------
@@ -281,12 +316,41 @@ def test_validate_refuses_a_parent_that_changed(dinov2_exported, tmp_path):
     (lambda d: d["components"]["image_encoder"].update(target="openvino"), "target"),
     (lambda d: d["components"].update(decoder=d["components"]["image_encoder"]), "decoder"),
     (lambda d: d["components"]["image_encoder"].pop("inputs"), "inputs"),
+    (lambda d: d.update(format_version=2.0), "newer than this edgefm"),
+    (lambda d: d["components"]["image_encoder"]["inputs"][0].update(shape=[1, 3.0, 224, 224]), "inputs.0.shape.1"),
+    (lambda d: d["components"]["image_encoder"]["inputs"][0].update(range=[5, 1]), "is empty"),
+    (lambda d: d["components"]["image_encoder"]["inputs"][0].update(range=float("nan")), "NaN is not a JSON value"),
+    (lambda d: d["components"]["image_encoder"]["inputs"][0].update(dtype="bfloat16"), "inputs.0.dtype"),
+    (lambda d: d["components"]["image_encoder"]["options"].update(dims="x"), "options.dims"),
+    (lambda d: d["components"]["image_encoder"]["options"]["dims"]["batch"].update(multiple_of=0), "multiple_of"),
+    (lambda d: d["components"]["image_encoder"].update(validation={"checks": "x"}), "validation.checks"),
+    (lambda d: _retarget_asset(d, "evil\u0000.txt"), "not a plain path"),
 ])
 def test_malformed_manifests_get_one_line_naming_the_field(dinov2_exported, tmp_path, change, field):
     art = _copy(dinov2_exported, tmp_path / "art")
     _edit(art, change)
     output = _one_line_error(_run("validate", art))
     assert field in output and len(output.strip().splitlines()) <= 2, output  # rich may wrap one long line once
+
+
+def test_odd_manifest_files_are_one_line(dinov2_exported, tmp_path):
+    """Nesting past Python's recursion limit, a manifest.json that is a link out, a link loop."""
+    art = _copy(dinov2_exported, tmp_path / "art")
+    text = (art / "manifest.json").read_text()
+    (art / "manifest.json").write_text(text.replace('"task": {', '"task": {"deep": ' + "[" * 100000 + "]" * 100000
+                                                    + ", ", 1))
+    assert "not a valid edgefm manifest" in _one_line_error(_run("validate", art))
+    (tmp_path / "elsewhere.json").write_text(text)
+    (art / "manifest.json").unlink()
+    (art / "manifest.json").symlink_to(tmp_path / "elsewhere.json")
+    assert "leads out of the artifact folder" in _one_line_error(_run("validate", art))
+    (art / "manifest.json").unlink()
+    (art / "manifest.json").write_text(text)
+    edgefm.load(art)  # control
+    _edit(art, lambda d: _retarget_asset(d, "loop.json"))
+    (art / "preprocessor_config.json").unlink()
+    (art / "loop.json").symlink_to(art / "loop.json")
+    assert "cannot be resolved" in _one_line_error(_run("validate", art))
 
 
 def _mutations():
@@ -341,6 +405,11 @@ def test_user_mistakes_are_one_line_with_exit_code_2(dinov2_exported, tmp_path):
     assert "--shapes names foo, which no input has; dynamic dims: batch" in output
     assert "calib-size" in _one_line_error(_run("compile", dinov2_exported, "--calib-size", "0", "-o", tmp_path / "z"))
     assert not (tmp_path / "trt").exists() and not (tmp_path / "z").exists()
+    (tmp_path / "afile").write_text("x")
+    output = _one_line_error(_run("compile", dinov2_exported, "-o", tmp_path / "afile" / "o"))
+    assert "is a file, not a folder" in output
+    assert ".png, .svg or .pdf" in _one_line_error(_run("bench", dinov2_exported, "--plot", tmp_path / "x.txt"))
+    assert "is a file" in _one_line_error(_run("bench", dinov2_exported, "--json", tmp_path / "afile" / "r.json"))
 
 
 def test_a_bug_keeps_its_traceback_and_asks_to_be_reported(dinov2_exported, monkeypatch):
@@ -413,9 +482,11 @@ def test_checkpoints_that_could_run_code_are_refused_in_one_line(tmp_path):
     shutil.copytree(tmp_path / "good", tmp_path / "remote")
     data = json.loads((tmp_path / "remote" / "config.json").read_text())
     (tmp_path / "remote" / "config.json").write_text(json.dumps(
-        {**data, "model_type": "custom_x", "auto_map": {"AutoModel": "modeling_x.X"}}))
+        {**data, "model_type": "custom_x", "auto_map": {"AutoConfig": "modeling_x.C", "AutoModel": "modeling_x.X"}}))
     (tmp_path / "remote" / "modeling_x.py").write_text(f"open({str(tmp_path / 'ran')!r}, 'w')")
-    _one_line_error(_run("export", "dinov2", "--model", tmp_path / "remote", "-o", tmp_path / "o3"))
+    answered_yes = CliRunner().invoke(main, ["export", "dinov2", "--model", str(tmp_path / "remote"), "-o",
+                                             str(tmp_path / "o3")], input="y\n")  # transformers would ask
+    assert "custom code" in _one_line_error(answered_yes)
     assert not (tmp_path / "ran").exists()
     assert not any((tmp_path / name).exists() for name in ("o1", "o2", "o3"))
 

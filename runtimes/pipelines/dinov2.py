@@ -3,12 +3,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgefm.errors import FeedError
+
 from edgefm.runtimes.loader import Artifact
 from edgefm.runtimes.preprocess import as_image_list, preprocess
 
 
 class Dinov2Artifact(Artifact):
     def _run(self, images, size):
+        if size is not None and not (isinstance(size, (tuple, list)) and len(size) == 2 and all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+            raise FeedError(f"size must be (height, width) in whole pixels, e.g. (448, 644); got {size!r}")
         pixels = preprocess(as_image_list(images), self.manifest.task["preprocess"], size)
         return self["image_encoder"].run({"pixel_values": pixels}), pixels.shape[-2:]
 
