@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefm.errors import FeedError
+from edgefm.errors import ArtifactError, FeedError
 
 
 class TextTokenizer:
@@ -14,9 +14,13 @@ class TextTokenizer:
     def __init__(self, path: Path, context_length: int, pad_id: int):
         from tokenizers import Tokenizer
 
-        self._tokenizer = Tokenizer.from_file(str(path))
-        self._tokenizer.enable_truncation(max_length=context_length)
-        self._tokenizer.enable_padding(pad_id=pad_id, length=context_length)
+        try:
+            self._tokenizer = Tokenizer.from_file(str(path))
+            self._tokenizer.enable_truncation(max_length=context_length)
+            self._tokenizer.enable_padding(pad_id=pad_id, length=context_length)
+        except Exception as exc:  # tokenizers raises its own bare Exception for a file it cannot parse
+            raise ArtifactError(f"cannot read the tokenizer {Path(path).name} ({str(exc)[:200]}); rebuild the "
+                                "artifact") from None
 
     @classmethod
     def from_manifest(cls, manifest, directory: Path, text: dict | None = None) -> "TextTokenizer":

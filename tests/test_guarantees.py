@@ -522,3 +522,24 @@ def test_reports_are_never_written_into_an_artifact(dinov2_exported, tmp_path):
     assert _fingerprint(art) == before
     assert _run("bench", art, "--iters", "1", "--warmup", "0", "--batch", "1", "--json",
                 tmp_path / "r.json").exit_code == 0  # control
+
+
+def test_hash_consistent_but_broken_task_files_are_one_line(clip_exported, sam2_exported, tmp_path):
+    """A hostile artifact can list and hash any bytes: a tokenizer or saved tensor that does not parse is refused
+    in one line (and a pickle is never loaded)."""
+    import pickle
+
+    clip = _copy(clip_exported, tmp_path / "clip")
+    edgefm.load(clip).embed_texts(["a cat"])  # control
+    (clip / "tokenizer.json").write_text("not a tokenizer")
+    _edit(clip, lambda d: d["assets"].update({"tokenizer.json": sha256_file(clip / "tokenizer.json")}))
+    with pytest.raises(ArtifactError, match="cannot read the tokenizer tokenizer.json"):
+        edgefm.load(clip).embed_texts(["a cat"])
+    sam2 = _copy(sam2_exported, tmp_path / "sam2")
+    name = json.loads((sam2 / "manifest.json").read_text())["task"]["video"]["no_object_pointer"]
+    edgefm.load(sam2).video_tracker()  # control
+    with open(sam2 / name, "wb") as f:
+        pickle.dump({"payload": 1}, f)
+    _edit(sam2, lambda d: d["assets"].update({name: sha256_file(sam2 / name)}))
+    with pytest.raises(ArtifactError, match=f"cannot read {name}"):
+        edgefm.load(sam2).video_tracker()

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from edgefm.errors import FeedError
+from edgefm.errors import ArtifactError, FeedError
 from edgefm.runtimes.loader import Artifact
 from edgefm.runtimes.preprocess import as_pil
 
@@ -233,7 +233,10 @@ class VideoTracker:
         limit = self.video["max_object_pointers"]
         self.max_pointers = min(int(num_frames), limit) if num_frames else limit
         pointer_file = artifact.manifest.asset_path(artifact.directory, self.video["no_object_pointer"])
-        self.no_pointer = np.load(pointer_file).astype(np.float32)
+        try:  # np.load never unpickles (allow_pickle=False); a file that is no float array is refused
+            self.no_pointer = np.load(pointer_file).astype(np.float32)
+        except (OSError, ValueError, TypeError, AttributeError, MemoryError) as exc:
+            raise ArtifactError(f"cannot read {pointer_file.name} ({str(exc)[:200]}); rebuild the artifact") from None
         self.frame, self.features, self.hw = -1, None, None
         self.objects: dict = {}  # obj_id -> {"cond": {t: out}, "noncond": {t: out}, "tracked": set()}
         self.pending: dict = {}  # obj_id -> prompt for the current frame
