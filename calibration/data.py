@@ -7,10 +7,10 @@ compiled graph is validated on the held-out part it never saw.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from numbers import Integral
 from pathlib import Path
 
 from edgefm.errors import CalibrationError
+from edgefm.spec import whole_number
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 HOLDOUT_EVERY = 4
@@ -100,8 +100,7 @@ def load_prompts(path: Path | None) -> list[str]:
 
 def load(calib_dir: Path | None = None, calib_size: int | None = None,
          prompts_file: Path | None = None) -> CalibrationData:
-    whole = isinstance(calib_size, Integral) and not isinstance(calib_size, bool)
-    if calib_size is not None and (not whole or calib_size < 1):
+    if calib_size is not None and (not whole_number(calib_size) or calib_size < 1):
         raise CalibrationError(f"--calib-size must be a whole number >= 1, got {calib_size!r}; e.g. --calib-size 16")
     if calib_dir is None:
         folder = sample_photo_dir()

@@ -43,8 +43,10 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _check_parent(out: Path) -> None:
-    existing = next(p for p in Path(out).absolute().parents if p.exists())
-    if not existing.is_dir():
+    from edgefm.staging import file_in_the_way
+
+    existing = file_in_the_way(out)
+    if existing:
         raise EdgefmError(f"-o {out}: {existing} is a file, not a directory; give a path in a directory")
 
 

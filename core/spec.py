@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from numbers import Integral
 
 from edgefm.errors import UnknownChoiceError
 
@@ -20,6 +21,11 @@ class Precision(str, Enum):
             return cls(value.lower())
         except ValueError:
             raise UnknownChoiceError("precision", value, [p.value for p in cls]) from None
+
+
+def whole_number(value) -> bool:
+    """An int or numpy integer, not a bool (True is an int to Python, never a count to a user)."""
+    return isinstance(value, Integral) and not isinstance(value, bool)
 
 
 Dim = int | str  # a fixed size, or the symbolic name of a dynamic dimension

@@ -18,11 +18,17 @@ from edgefm.errors import ArtifactError, EdgefmError
 from edgefm.manifest import MANIFEST_NAME, Manifest
 
 
+def file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing parent of `path` when it is a file (nothing can be written below it), else None."""
+    existing = next((p for p in Path(path).absolute().parents if p.exists()), None)
+    return existing if existing is not None and not existing.is_dir() else None
+
+
 def check_output(out: Path, overwrite: bool, inputs: Iterable[Path | None] = ()) -> Path:
     """Refuse, before any work, an output that is, holds or sits inside one of the command's inputs, or that
     --overwrite could not replace without destroying something that is not an edgefm artifact."""
     out = Path(out).absolute()
-    blocked = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    blocked = file_in_the_way(out)
     if blocked:
         raise EdgefmError(f"-o {out}: {blocked} is a file, not a folder; choose an output in a folder")
     real = out.resolve()
@@ -41,10 +47,11 @@ def check_output(out: Path, overwrite: bool, inputs: Iterable[Path | None] = ())
 
 
 def check_file_outputs(outputs: Iterable[Path | None], inputs: Iterable[Path]) -> None:
-    """Report files (--json, --plot, ...) may not land in or on an input artifact: that would change it."""
+    """Report files (--json, --plot, ...) may not land in or on an input artifact: that would change it. Their
+    folders are made here, so a report computed for minutes is never lost to a missing folder."""
     inputs = [Path(i).resolve() for i in inputs]
     for output in filter(None, outputs):
-        blocked = next((p for p in Path(output).absolute().parents if p.exists() and not p.is_dir()), None)
+        blocked = file_in_the_way(output)
         if blocked or Path(output).is_dir():
             raise EdgefmError(f"{output} cannot be written: {blocked or output} is a "
                               f"{'file' if blocked else 'folder'}; give a file path in a folder")

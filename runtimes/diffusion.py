@@ -19,6 +19,7 @@ from edgefm.runtimes.loader import Artifact
 from edgefm.runtimes.preprocess import as_pil
 from edgefm.runtimes.schedulers import SCHEDULERS, make_scheduler
 from edgefm.runtimes.tokenizer import TextTokenizer
+from edgefm.spec import whole_number
 
 
 def _prompts(value, what: str) -> list[str]:
@@ -26,10 +27,6 @@ def _prompts(value, what: str) -> list[str]:
     if not prompts or not all(isinstance(p, str) for p in prompts):
         raise FeedError(f"{what} must be a string or a non-empty list of strings, got {value!r}")
     return prompts
-
-
-def _whole(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _finite(value, name: str, example: str) -> float:
@@ -42,7 +39,7 @@ def _finite(value, name: str, example: str) -> float:
 
 def _seed(seed) -> int:
     """numpy's generator takes whole numbers >= 0; it raises a bare ValueError on -1."""
-    if not _whole(seed) or seed < 0:
+    if not whole_number(seed) or seed < 0:
         raise FeedError(f"seed must be a whole number >= 0, got {seed!r}; pass e.g. --seed 0")
     return int(seed)
 
@@ -132,7 +129,7 @@ class DiffusionArtifact(Artifact):
         """Steps, guidance and scheduler as asked, the artifact's defaults for what is not given."""
         defaults = self.task["defaults"]
         steps = defaults["steps"] if steps is None else steps
-        if not _whole(steps) or steps < 1:
+        if not whole_number(steps) or steps < 1:
             raise FeedError(f"steps must be an integer >= 1, got {steps!r}; pass e.g. --steps {defaults['steps']}")
         guidance = _finite(defaults["guidance"] if guidance is None else guidance, "guidance", defaults["guidance"])
         return {"steps": int(steps), "guidance": guidance, "scheduler": scheduler or self.task["scheduler"]["default"]}

@@ -13,6 +13,7 @@ from PIL import Image
 from edgefm.errors import ArtifactError, FeedError
 from edgefm.runtimes.loader import Artifact
 from edgefm.runtimes.preprocess import as_pil
+from edgefm.spec import whole_number
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
@@ -224,7 +225,7 @@ class VideoTracker:
     """
 
     def __init__(self, artifact: "Sam2Artifact", num_frames: int | None = None):
-        valid = isinstance(num_frames, (int, np.integer)) and not isinstance(num_frames, bool) and num_frames >= 1
+        valid = whole_number(num_frames) and num_frames >= 1
         if num_frames is not None and not valid:
             raise FeedError(f"num_frames {num_frames!r} must be the video's length, a whole number >= 1, or None "
                             "for a stream of unknown length")
