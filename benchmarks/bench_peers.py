@@ -1,10 +1,13 @@
-"""edgefm vs its peers at real model sizes: PyTorch eager and Hugging Face Optimum's ONNX export on ONNX Runtime.
+"""edgefm vs the strongest peers on this machine, at real model sizes, measured against the machine's own limit.
 
-Builds CLIP ViT-B/32 and DINOv2 ViT-S/14 (224 px) from their real configs with seeded random weights
-(no downloads), compiles them with edgefm for ONNX Runtime and OpenVINO in fp32/fp16/int8/int4,
-exports the same weights with optimum-onnx (in its own venv: it pins transformers < 4.58), and times
-every (component, engine, batch) in a fresh process so peak RSS belongs to that row alone. Inputs are
-the held-out calibration photos / prompts tiled to the batch; cosine is against torch's outputs.
+Builds CLIP ViT-B/32 and DINOv2 ViT-S/14 (224 px) from their real configs with seeded random weights (no
+downloads), compiles them with edgefm for ONNX Runtime and OpenVINO in fp32/fp16/int8/int4, and times them side
+by side with PyTorch (fp32 eager; bf16 autocast and bf16 + torch.compile where the CPU has bf16), Optimum's ONNX
+export on ONNX Runtime and optimum-intel's OpenVINO export in fp32/fp16/int8/int4 (both in their own venvs: they
+pin transformers < 4.58). Every (component, engine, batch) runs in a fresh process, so peak RSS is that row's.
+Before timing it measures the machine's GEMM ceiling per compute type; each row reports its achieved GFLOP/s
+(FLOPs counted by torch's FlopCounterMode on the model) and its share of the ceiling of the type it computes in.
+Every engine is scored with edgefm's task checks on the held-out photos / prompts, against the fp32 export.
 
     python benchmarks/bench_peers.py [--quick] [--out DIR] [--iters N] [--threads N] [--no-optimum]
 """
@@ -24,83 +27,29 @@ REAL = {"clip": "vit-b-32", "dinov2": "small"}
 QUICK = {"clip": "tiny", "dinov2": "tiny"}
 TARGETS = {"ort": "onnxruntime", "ov": "openvino"}
 PRECISIONS = ["fp32", "fp16", "int8", "int4"]
-PEERS = ["torch-eager", "optimum-ort"]
+TORCH = ["torch-fp32", "torch-bf16-autocast", "torch-bf16-compile"]
+OPTIMUM_OV = [f"optimum-ov-{p}" for p in PRECISIONS]
 EDGEFM = [f"edgefm-{t}-{p}" for t in TARGETS for p in PRECISIONS]
 OPTIMUM_PIN = ["optimum-onnx==0.1.0", "onnxruntime", "pillow"]
+# torch pinned again (else its torchvision requirement pulls a CUDA torch), then PyPI's torchvision (a CUDA build that
+# breaks `import transformers` next to CPU torch; optimum-intel needs it only for vision-language models) removed
+OPTIMUM_INTEL_PIN = ["optimum-intel[openvino]==2.2.0", "pillow", os.environ.get("TORCH", "torch==2.13.0")]
+OPTIMUM_INTEL_AFTER = ["uninstall", "-y", "torchvision"]
 
 
-# -- child: load one engine, time it, report --------------------------------------------------------
+# -- child: load one engine, time it, score it, report ---------------------------------------------
 def child(spec: dict) -> None:
     from edgefm.bench import peak_rss_mib, summarize, time_calls
+    from peer_runners import runner, task_metrics
 
     feeds = dict(np.load(spec["inputs"]))
-    runner = {"torch-eager": torch_runner, "optimum-ort": optimum_runner}.get(spec["engine"], edgefm_runner)
-    run, size = runner(spec, feeds)
-    outputs = run()
-    np.savez(spec["outputs"], **outputs)
-    result = summarize(time_calls(run, spec["warmup"], spec["iters"]), spec["batch"])
-    print(json.dumps({**result, "size_mib": size / 2**20, "peak_rss_mib": peak_rss_mib()}))
-
-
-def torch_runner(spec: dict, feeds: dict):
-    import torch
-
-    from edgefm import registry
-    from edgefm.exporters.base import ExportOptions
-
-    torch.set_num_threads(spec["threads"])
-    family = registry.family(spec["family"])
-    loaded = family.load(family.resolve(None, spec["variant"], random_weights=True), ExportOptions())
-    component = next(c for c in family.components(loaded, ExportOptions()) if c.name == spec["component"])
-    tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}
-    names = [o.name for o in component.outputs]
-
-    def run():
-        with torch.no_grad():
-            out = component.module(**tensors)
-        return dict(zip(names, (t.numpy() for t in (out if isinstance(out, tuple) else (out,)))))
-
-    # Count only the parameters of modules this component calls (CLIP's wrapper holds both towers).
-    called = []
-    hooks = [m.register_forward_hook(lambda m, *_: called.append(m)) for m in component.module.modules()]
-    run()
-    for hook in hooks:
-        hook.remove()
-    params = {id(p): p for m in called for p in m.parameters(recurse=False)}
-    return run, sum(p.numel() * p.element_size() for p in params.values())
-
-
-def optimum_runner(spec: dict, feeds: dict):
-    """Optimum's graphs through a plain ONNX Runtime session, outputs mapped to edgefm's names."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = spec["threads"]
-    path = Path(spec["artifact"]) / "model.onnx"
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    if spec["family"] == "dinov2":
-        def run():
-            hidden = session.run(["last_hidden_state"], feeds)[0]
-            return {"cls_embedding": hidden[:, 0], "patch_tokens": hidden[:, 1:]}
-    elif spec["component"] == "image_encoder":
-        def run():
-            return {"image_embeds": session.run(["image_embeds"], feeds)[0]}
-    else:
-        text = {**feeds, "attention_mask": np.ones_like(feeds["input_ids"])}
-
-        def run():
-            return {"text_embeds": session.run(["text_embeds"], text)[0]}
-    return run, sum(p.stat().st_size for p in path.parent.iterdir() if p.suffix in (".onnx", ".onnx_data", ".data"))
-
-
-def edgefm_runner(spec: dict, feeds: dict):
-    from edgefm.manifest import Manifest
-    from edgefm.runtimes.loader import open_component
-
-    directory = Path(spec["artifact"])  # open only this component's session, not the whole artifact
-    entry = Manifest.load(directory).components[spec["component"]]
-    session = open_component(directory, entry, spec["component"], threads=spec["threads"])
-    return (lambda: session.run(feeds)), entry.size_mib(directory) * 2**20
+    call, size, extra = runner(spec)
+    np.savez(spec["outputs"], **call(feeds))
+    result = summarize(time_calls(lambda: call(feeds), spec["warmup"], spec["iters"]), spec["batch"])
+    result.update(extra, size_mib=size / 2**20, peak_rss_mib=peak_rss_mib())  # before scoring opens the reference
+    if spec["score"]:
+        result["metrics"] = task_metrics(spec, call)
+    print(json.dumps(result))
 
 
 # -- parent: build artifacts, prepare inputs, spawn children, write reports --------------------------
@@ -118,12 +67,23 @@ def build(family: str, variant: str, root: Path, log) -> dict:
                                         overwrite=True, allow_below_gate=True, log=log)
             record["compile"][f"edgefm-{short}-{precision}"] = {"seconds": time.perf_counter() - start, "components": {
                 name: {"scheme": e.options["compile"]["scheme"], "passed": e.validation["passed"],
-                       "value": e.validation["value"]} for name, e in manifest.components.items()}}
+                       "value": e.validation["value"], "compute": compute_type(precision, e.options["compile"])}
+                for name, e in manifest.components.items()}}
     return record
 
 
-def optimum_export(models: dict, root: Path, log) -> dict:
-    """Save the same random weights as HF model dirs, then export them with optimum in its own venv."""
+def compute_type(precision: str, compiled: dict) -> str:
+    """What the GEMMs of an edgefm artifact compute in, for its share of the ceiling: int8 for int8, and for
+    ONNX Runtime int4 (MatMulNBits at accuracy level 4 multiplies in int8); OpenVINO float and int4 weights
+    in the inference precision the manifest records; ONNX Runtime fp16 in fp32 (its x86 CPU kernels upcast)."""
+    if precision == "int8" or (precision == "int4" and "inference_precision" not in compiled):
+        return "int8"
+    return "bf16" if compiled.get("inference_precision") == "bf16" else "fp32"
+
+
+def optimum_exports(models: dict, root: Path, log) -> tuple[dict, dict]:
+    """Save the same random weights as HF model dirs, then export them with optimum-onnx and optimum-intel, each
+    in its own venv; a peer that fails to install or export is recorded with its error, not fatal."""
     from edgefm import registry
     from edgefm.exporters.base import ExportOptions
 
@@ -134,24 +94,61 @@ def optimum_export(models: dict, root: Path, log) -> dict:
         dirs[family] = root / "hf" / family
         loaded.model.save_pretrained(dirs[family])
         loaded.processor.save_pretrained(dirs[family])  # optimum reads the image size from it
-    venv = root / ".optimum-venv"
+    calibration = root / "hf" / "calibration.npz"
+    np.savez(calibration, **calibration_inputs(root))
+    onnx = _peer_export("optimum-onnx", root / ".optimum-venv", [OPTIMUM_PIN], "optimum_export.py",
+                        [dirs["clip"], dirs["dinov2"], root / "optimum"], log)
+    intel = _peer_export("optimum-intel", root / ".optimum-intel-venv", [OPTIMUM_INTEL_PIN, OPTIMUM_INTEL_AFTER],
+                         "optimum_intel_export.py", [dirs["clip"], dirs["dinov2"], calibration, root / "optimum-intel"],
+                         log)
+    return onnx, intel
+
+
+def calibration_inputs(root: Path) -> dict:
+    """The calibration photos and prompts edgefm calibrates on, preprocessed per model, for optimum-intel's int8."""
+    count = _calibration_count()
+    items = lambda family, component: [make_inputs(root / family / "exported", component, 1, calib=i)  # noqa: E731
+                                       for i in range(count)]
+    return {"pixel_values": np.concatenate([i["pixel_values"] for i in items("clip", "image_encoder")]),
+            "dinov2_pixel_values": np.concatenate([i["pixel_values"] for i in items("dinov2", "image_encoder")]),
+            "input_ids": np.concatenate([i["input_ids"] for i in items("clip", "text_encoder")])}
+
+
+def _calibration_count() -> int:
+    from edgefm.calibration.data import load as load_calibration
+
+    data = load_calibration()
+    return min(len(data.calib_images), len(data.calib_prompts))
+
+
+def _peer_export(package: str, venv: Path, pip_steps: list[list[str]], script: str, args: list, log) -> dict:
+    """Make the peer's venv (CPU torch first, then `pip_steps`: `install` is implied for a list of pins) and run
+    its export script there."""
     python = venv / "bin" / "python"
-    if not python.exists():
-        log(f"creating {venv} for optimum-onnx (it pins transformers < 4.58)")
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", os.environ.get("TORCH", "torch==2.13.0")], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *OPTIMUM_PIN], check=True)
-    log("exporting with optimum-onnx")
-    start = time.perf_counter()
-    subprocess.run([str(python), str(Path(__file__).with_name("optimum_export.py")), str(dirs["clip"]),
-                    str(dirs["dinov2"]), str(root / "optimum")], check=True, capture_output=True)
-    versions = subprocess.run([str(python), "-c", "from importlib.metadata import version as v; import json; "
-                               "print(json.dumps({p: v(p) for p in ('optimum-onnx', 'optimum', 'transformers')}))"],
-                              check=True, capture_output=True, text=True)
-    return {"export_s": time.perf_counter() - start, **json.loads(versions.stdout)}
+    try:
+        if not python.exists():
+            log(f"creating {venv} for {package} (its transformers pin conflicts with edgefm's)")
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+            for step in [[os.environ.get("TORCH", "torch==2.13.0")], *pip_steps]:
+                command = step if step[0] in ("install", "uninstall") else ["install", *step]
+                subprocess.run([str(python), "-m", "pip", *command[:1], "-q", *command[1:]], check=True,
+                               capture_output=True)
+        log(f"exporting with {package}")
+        start = time.perf_counter()
+        printed = subprocess.run([str(python), str(Path(__file__).with_name(script)), *map(str, args)], check=True,
+                                 capture_output=True, text=True).stdout.strip().splitlines()
+        versions = subprocess.run([str(python), "-c", "from importlib.metadata import version as v; import json; "
+                                   f"print(json.dumps({{p: v(p) for p in ({package!r}, 'optimum', 'transformers')}}))"],
+                                  check=True, capture_output=True, text=True)
+    except subprocess.CalledProcessError as exc:
+        tail = ((exc.stderr or "").strip().splitlines() or [f"exit {exc.returncode}"])[-1]
+        return {"error": f"{package} failed: {tail}"}
+    failed = json.loads(printed[-1]).get("errors", {}) if printed and printed[-1].startswith("{") else {}
+    return {"export_s": time.perf_counter() - start, **json.loads(versions.stdout), "errors": failed}
 
 
-def make_inputs(exported: Path, component: str, batch: int) -> dict:
+def make_inputs(exported: Path, component: str, batch: int, calib: int | None = None) -> dict:
+    """Held-out photos / prompts tiled to the batch (or calibration item `calib` alone)."""
     from edgefm.calibration.data import load as load_calibration
     from edgefm.manifest import Manifest
     from edgefm.runtimes.preprocess import preprocess
@@ -160,32 +157,35 @@ def make_inputs(exported: Path, component: str, batch: int) -> dict:
     manifest, data = Manifest.load(exported), load_calibration()
     spec = manifest.components[component].inputs[0]
     if spec.dtype == "float32":
-        images = data.heldout_images
+        images = data.heldout_images if calib is None else [data.calib_images[calib]]
         return {spec.name: preprocess([images[i % len(images)] for i in range(batch)], manifest.task["preprocess"])}
-    prompts = data.heldout_prompts
+    prompts = data.heldout_prompts if calib is None else [data.calib_prompts[calib]]
     tokenize = TextTokenizer.from_manifest(manifest, exported)
     return {spec.name: tokenize([prompts[i % len(prompts)] for i in range(batch)])}
 
 
 def artifact_of(engine: str, family_root: Path, root: Path, family: str, component: str) -> str:
+    graph = family if family == "dinov2" else f"clip-{component}"
     if engine == "optimum-ort":
-        return str(root / "optimum" / (family if family == "dinov2" else f"clip-{component}"))
+        return str(root / "optimum" / graph)
+    if engine.startswith("optimum-ov-"):
+        return str(root / "optimum-intel" / graph / engine.removeprefix("optimum-ov-"))
     return str(family_root / engine.removeprefix("edgefm-")) if engine.startswith("edgefm-") else ""
 
 
-def bench_rows(base: dict, engines: list[str], work: Path, root: Path, log):
-    """One row per engine on one (component, batch); torch runs first as the cosine reference."""
+def bench_rows(base: dict, engines: list[str], work: Path, root: Path, score: bool, log):
+    """One row per engine on one (component, batch); torch fp32 runs first: cosine reference and FLOP count."""
     from edgefm.compare import cosine_rows
 
     key = f"{base['family']}-{base['component']}-b{base['batch']}"
     inputs = work / f"{key}.in.npz"
     family_root = Path(base["exported"]).parent
     np.savez(inputs, **make_inputs(Path(base["exported"]), base["component"], base["batch"]))
-    reference = None
+    reference = gflop = None
     for engine in engines:
         log(f"{key} {engine}")
         spec = {**base, "engine": engine, "inputs": str(inputs), "outputs": str(work / f"{key}.{engine}.npz"),
-                "artifact": artifact_of(engine, family_root, root, base["family"], base["component"])}
+                "artifact": artifact_of(engine, family_root, root, base["family"], base["component"]), "score": score}
         done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True)
         row = {k: spec[k] for k in ("family", "variant", "component", "engine", "batch")}
         if done.returncode:
@@ -193,10 +193,31 @@ def bench_rows(base: dict, engines: list[str], work: Path, root: Path, log):
             continue
         row.update(json.loads(done.stdout.strip().splitlines()[-1]))
         got = np.load(spec["outputs"])
-        reference = got if engine == "torch-eager" else reference
+        if engine == "torch-fp32":
+            reference, gflop = got, row["gflop"]
         if reference is not None:  # mean cosine per row of the last axis (embedding / patch token), worst output
             row["cosine"] = min(float(cosine_rows(got[n], reference[n]).mean()) for n in reference.files)
+        if gflop:
+            row["gflop"] = gflop
         yield row
+
+
+def engines_to_run(info: dict, optimum: dict | None, optimum_intel: dict | None) -> tuple[list[str], dict]:
+    """The engines this machine and these installs can run, and why the others are left out."""
+    from edgefm.hardware import has_bf16
+
+    engines, skipped = ["torch-fp32"], {}
+    for engine in TORCH[1:]:
+        if has_bf16(info["isa"]):
+            engines.append(engine)
+        else:
+            skipped[engine] = "this CPU has no bf16 instructions (AVX512-BF16 / AMX): torch would emulate bf16"
+    for names, export in ((["optimum-ort"], optimum), (OPTIMUM_OV, optimum_intel)):
+        if export and "error" not in export:
+            engines += names
+        else:
+            skipped.update(dict.fromkeys(names, export["error"] if export else "not run (--no-optimum)"))
+    return engines + EDGEFM, skipped
 
 
 def main() -> None:
@@ -207,7 +228,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--batches", default="1,8")
-    parser.add_argument("--no-optimum", action="store_true", help="skip the optimum-onnx peer (no venv made)")
+    parser.add_argument("--no-optimum", action="store_true", help="skip the Optimum peers (no venvs made)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -223,33 +244,37 @@ def main() -> None:
     work = root / "inputs"
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    engines = ["torch-eager"] + ([] if args.no_optimum else ["optimum-ort"]) + EDGEFM
+    info = hardware.describe(args.threads, ["onnxruntime", "openvino"])
+    info["gemm_ceiling"] = hardware.gemm_ceilings(args.threads)  # first, on an idle machine
+    info["libraries"].update({name: hardware.package_version(name) for name in ("torch", "transformers", "nncf")})
     rows = []
     with Progress(TextColumn("{task.description}", style="cyan"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn()) as progress:
-        runs = sum(len(registry.family(f).component_names) for f in models) * len(batches) * len(engines)
-        task = progress.add_task("", total=len(models) + 1 + runs)
+        task = progress.add_task("", total=len(models) + 1)
         log = lambda message: progress.update(task, description=message[:100])  # noqa: E731
         builds = []
         for family, variant in models.items():
             builds.append(build(family, variant, root / family, log))
             progress.advance(task)
-        optimum = None if args.no_optimum else optimum_export(models, root, log)
+        optimum = optimum_intel = None
+        if not args.no_optimum:
+            optimum, optimum_intel = optimum_exports(models, root, log)
         progress.advance(task)
+        engines, skipped = engines_to_run(info, optimum, optimum_intel)
+        runs = sum(len(registry.family(f).component_names) for f in models) * len(batches) * len(engines)
+        progress.update(task, total=len(models) + 1 + runs)
         for family, variant in models.items():
             for component in registry.family(family).component_names:
                 for batch in batches:
                     base = {"family": family, "variant": variant, "component": component, "batch": batch,
                             "exported": str(root / family / "exported"), "iters": args.iters,
                             "warmup": args.warmup, "threads": args.threads}
-                    for row in bench_rows(base, engines, work, root, log):
+                    for row in bench_rows(base, engines, work, root, batch == batches[0], log):
                         rows.append(row)
                         progress.advance(task)
-    info = hardware.describe(args.threads, ["onnxruntime", "openvino"])
-    info["libraries"].update(torch=hardware.package_version("torch"),
-                             transformers=hardware.package_version("transformers"), nncf=hardware.package_version("nncf"))
-    report = {"hardware": info, "optimum": optimum, "builds": builds, "rows": rows, "quick": args.quick,
-              "iters": args.iters, "warmup": args.warmup, "minutes": (time.perf_counter() - start) / 60}
+    report = {"hardware": info, "optimum": optimum, "optimum_intel": optimum_intel, "skipped": skipped,
+              "builds": builds, "rows": rows, "quick": args.quick, "iters": args.iters, "warmup": args.warmup,
+              "minutes": (time.perf_counter() - start) / 60}
     (root / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     write_markdown(root / "results.md", report)
     plot(root / "results.png", rows, batches)

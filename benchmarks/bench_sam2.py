@@ -2,7 +2,8 @@
 
 Image encoder latency, mask decoder latency per prompt, and end-to-end video fps (encoder + memory
 attention + decoder + memory encoder per frame) over a clip of frames cut from a sample photo, for
-torch eager and for edgefm artifacts on ONNX Runtime and OpenVINO in every precision, with each
+torch eager (and bf16 autocast where the CPU has bf16) and for edgefm artifacts on ONNX Runtime and OpenVINO
+in every precision, with each
 artifact's size and the end-to-end mask IoU against the fp32 export that its compile step measured
 (and which components it kept in fp32 to pass). One process, engines in turn.
 
@@ -66,8 +67,10 @@ def bench_edgefm(directory: Path, frames: list, point: list, iters: int, threads
     return {"encoder_ms": encoder, "decoder_ms": decoder, "video_fps": len(frames) / (time.perf_counter() - start)}
 
 
-def bench_torch(variant: str, exported: Path, frames: list, point: list, iters: int, threads: int) -> dict:
-    """The same weights (same seed) in transformers: the export's torch wrappers, and Sam2VideoModel's own loop."""
+def bench_torch(variant: str, exported: Path, frames: list, point: list, iters: int, threads: int,
+                bf16: bool = False) -> dict:
+    """The same weights (same seed) in transformers: the export's torch wrappers, and Sam2VideoModel's own loop;
+    with `bf16`, all of it under bf16 autocast (PyTorch's own bf16 path on CPUs with AVX512-BF16 / AMX)."""
     import torch
     import transformers
 
@@ -83,7 +86,7 @@ def bench_torch(variant: str, exported: Path, frames: list, point: list, iters: 
     artifact = edgefm.load(exported)
     task = artifact.task
     pixel_values = torch.from_numpy(pixels(frames[0], task["preprocess"])[0])
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         encoder = median_ms(lambda: modules["image_encoder"](pixel_values), iters)
         feeds = {k: torch.from_numpy(v) for k, v in decoder_feeds(artifact, frames[0], point).items()}
         decoder = median_ms(lambda: modules["mask_decoder"](**feeds), iters)
@@ -155,8 +158,12 @@ def main() -> None:
     out = args.out.resolve()
     export("sam2", out / "exported", variant=variant, random_weights=not args.quick, overwrite=True)
     frames, point = clip_frames(args.frames, (480, 640)), [320, 240]
+    info = hardware.describe(args.threads, ["onnxruntime", "openvino"])
     rows = [{"engine": "torch-eager", **bench_torch(variant, out / "exported", frames, point, args.iters, args.threads)}]
-    print(rows[-1], flush=True)
+    if hardware.has_bf16(info["isa"]):  # elsewhere torch emulates bf16, slower than fp32: not a peer anyone runs
+        rows.append({"engine": "torch-bf16-autocast", **bench_torch(variant, out / "exported", frames, point,
+                                                                      args.iters, args.threads, bf16=True)})
+    print(rows, flush=True)
     for target, precision in (engine.rsplit("-", 1) for engine in args.engines.split(",")):
         directory = out / f"{target}-{precision}"
         manifest = compile_artifact(out / "exported", target, precision, directory, overwrite=True,
@@ -170,7 +177,7 @@ def main() -> None:
                      **bench_edgefm(directory, frames, point, args.iters, args.threads)})
         print(rows[-1], flush=True)
     report = {"variant": variant, "frames": args.frames, "frame_size": [480, 640], "iters": args.iters,
-              "hardware": hardware.describe(args.threads, ["onnxruntime", "openvino"]), "rows": rows}
+              "hardware": info, "rows": rows}
     write_report(out, report)
     print(f"wrote {out / 'results.md'}, results.json, results.png")
 

@@ -4,7 +4,7 @@ Per engine: one denoising step (the UNet at batch 2, classifier-free guidance, 5
 latents), one VAE decode, the peak resident memory of a fresh process that loads the graph and runs
 it, the artifact's size, and what its compile step measured: UNet cosine vs the fp32 export and the
 images' PSNR vs the fp32 export's pipeline (with the components kept in fp32 to pass). Torch runs
-diffusers' UNet2DConditionModel / AutoencoderKL with the same weights in a fresh process too.
+XX
 `--quick` uses the tiny preset and also times the whole text-to-image loop against diffusers'
 StableDiffusionPipeline.
 
@@ -29,8 +29,9 @@ ALL_ENGINES = ",".join(f"{t}-{p}" for t in ("onnxruntime", "openvino") for p in 
 PROMPT, STEPS = "a photo of an astronaut riding a horse", 20
 
 
-def torch_worker(variant: str, iters: int, threads: int) -> dict:
-    """Runs in its own process (peak memory is its own): the export's torch modules, same seed, same shapes."""
+def torch_worker(variant: str, iters: int, threads: int, bf16: bool) -> dict:
+    """Runs in its own process (peak memory is its own): the export's torch modules, same seed, same shapes; with
+    `bf16`, under bf16 autocast (PyTorch's own bf16 path on CPUs with AVX512-BF16 / AMX)."""
     import torch
 
     from edgefm import registry
@@ -47,8 +48,8 @@ def torch_worker(variant: str, iters: int, threads: int) -> dict:
     timestep = torch.full((2,), 500.0)
     text = torch.from_numpy(rng.standard_normal((2, 77, unet.config.cross_attention_dim), dtype=np.float32))
     latent = sample[:1] / vae.config.scaling_factor
-    row = {"engine": "torch-eager"}
-    with torch.no_grad():
+    row = {"engine": "torch-bf16-autocast" if bf16 else "torch-eager"}
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         row["step_ms"] = median_ms(lambda: unet(sample, timestep, text), iters)
         row["decode_ms"] = median_ms(lambda: vae.decode(latent), iters)
     row["peak_rss_mib"] = peak_rss_mib()
@@ -170,7 +171,7 @@ def write_report(out: Path, report: dict) -> None:
                  f"{r['compile_s']:.0f}" if "compile_s" in r else "-",
                  f"{r['compile_peak_rss_mib']:.0f}" if "compile_peak_rss_mib" in r else "-"]
         if quick:
-            cells.append(f"{r['text_to_image_s']:.2f}")
+            cells.append(f"{r['text_to_image_s']:.2f}" if "text_to_image_s" in r else "-")
         lines.append("| " + " | ".join(cells) + " |")
     lines += [f"- failed: {failure}" for failure in report["failed"]]
     (out / "results.md").write_text("\n".join(lines) + "\n")
@@ -207,14 +208,17 @@ def main() -> None:
         raise SystemExit(exported["error"])
     exported["unet_files"] = sorted(Manifest.load(out / "exported").components["unet"].files())
     print(f"export: {exported}", flush=True)
-    rows = [in_subprocess(variant, str(args.iters), str(args.threads))]
+    info = hardware.describe(args.threads, ["onnxruntime", "openvino"])
+    rows = [in_subprocess(variant, str(args.iters), str(args.threads), "fp32")]
     if args.quick:
         rows[0]["text_to_image_s"] = torch_text_to_image_s(variant, args.threads)
-    print(rows[-1], flush=True)
+    if hardware.has_bf16(info["isa"]):  # elsewhere torch emulates bf16, slower than fp32: not a peer anyone runs
+        rows.append(in_subprocess(variant, str(args.iters), str(args.threads), "bf16"))
+    print(rows, flush=True)
     settings = {name: getattr(diffusion, name) for name in ("CALIB_PROMPTS", "CHECK_PROMPTS", "CHECK_STEPS",
                                                              "CAPTURE_STEPS")}
     report = {"variant": variant, "latent": 8 if args.quick else 64, "iters": args.iters, "check": {**settings, **check},
-              "export": exported, "hardware": hardware.describe(args.threads, ["onnxruntime", "openvino"]),
+              "export": exported, "hardware": info,
               "rows": rows, "failed": []}
     for engine in (args.engines or (ALL_ENGINES if args.quick else REAL_ENGINES)).split(","):
         target, precision = engine.rsplit("-", 1)
@@ -234,7 +238,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--worker"]:
-        variant, iters, threads = sys.argv[2:5]
-        print(json.dumps(torch_worker(variant, int(iters), int(threads))))
+        variant, iters, threads, compute = sys.argv[2:6]
+        print(json.dumps(torch_worker(variant, int(iters), int(threads), compute == "bf16")))
     else:
         main()

@@ -164,7 +164,8 @@ def _shape_options(f):
 
 def _compile_options(f):
     f = click.option("--target", default="onnxruntime", show_default=True,
-                     help="Deployment target: onnxruntime, openvino, coreml or tensorrt.")(f)
+                     help="Deployment target: onnxruntime, openvino, coreml, tensorrt, or auto (every installed target "
+                          "whose artifacts run here, each precision; keeps the fastest that passes its gates).")(f)
     f = click.option("--precision",
                      help="fp32, fp16, int8, int4, fp8 (tensorrt), or auto (compile each, keep the best that passes "
                           "its gate); default: the target's own (fp32; coreml and tensorrt fp16).")(f)
@@ -209,10 +210,13 @@ TARGET_FLAGS = ("int8_mode", "int4_group_size", "int4_ratio", "device", "deploym
 def _compile_settings(flags: dict) -> tuple[dict, object]:
     """Check the compile flags before any work starts: (the flags every target shares, the target's options)."""
     from edgefm import registry
+    from edgefm.auto_precision import AUTO
     from edgefm.compile_job import target_options
     from edgefm.errors import EdgefmError
 
     common = {k: v for k, v in flags.items() if k not in TARGET_FLAGS}
+    if common["target"] == AUTO:
+        return _auto_target_settings(common, flags)
     common["precision"] = common["precision"] or registry.target(common["target"]).default_precision.value
     precision, objective = common["precision"], common["objective"]
     if precision == "auto" and common["allow_below_gate"]:
@@ -221,6 +225,25 @@ def _compile_settings(flags: dict) -> tuple[dict, object]:
     if precision != "auto" and objective:
         raise EdgefmError(f"--objective applies to --precision auto only (got --precision {precision})")
     return common, target_options(common["target"], **{k: v for k, v in flags.items() if k in TARGET_FLAGS})
+
+
+def _auto_target_settings(common: dict, flags: dict) -> tuple[dict, None]:
+    """`--target auto` tries every runnable target with its default options, so it implies --precision auto
+    and takes no target flags."""
+    from edgefm.auto_precision import AUTO
+    from edgefm.errors import EdgefmError
+
+    given = ["--" + k.replace("_", "-") for k in TARGET_FLAGS if flags.get(k) is not None]
+    if given:
+        raise EdgefmError(f"{', '.join(given)} belong to one target; --target auto tries every target with its "
+                          "defaults, so name the --target to set them")
+    if common["precision"] not in (None, AUTO):
+        raise EdgefmError(f"--target auto chooses the precision too; drop --precision {common['precision']} or "
+                          "name a --target")
+    if common["allow_below_gate"]:
+        raise EdgefmError("--allow-below-gate does not combine with --target auto, which keeps only candidates "
+                          "that pass their gates")
+    return {**common, "precision": AUTO}, None
 
 
 def _compile(artifact, out, options, target, precision, objective, calib, calib_size, calib_prompts,

@@ -69,15 +69,59 @@ def gpu_memory_mib(pid: int) -> float | None:
     return sum(used) / 2**20 if used else None
 
 
+def instruction_sets() -> dict[str, bool]:
+    flags = _cpu()[1]
+    return {name: bool(flags & names) for name, names in ISA_FLAGS.items()}
+
+
+def has_bf16(isa: dict[str, bool]) -> bool:
+    """Whether the CPU computes bf16 natively (elsewhere torch and OpenVINO emulate it, slower than fp32)."""
+    return bool(isa.get("AVX512-BF16") or isa.get("AMX"))
+
+
+def gemm_ceilings(threads: int | None, size: int = 2048, repeats: int = 8) -> dict:
+    """This machine's GEMM ceiling per compute type: the best of `repeats` square size^3 products through torch
+    (oneDNN / MKL), in GFLOP/s (GOP/s for int8: torch._int_mm). A benchmark row's achieved rate over the
+    ceiling of the type it computes in says how much of the machine it uses. bf16 is measured only on CPUs
+    with bf16 instructions. Needs torch (the `build` extra); None where it is missing."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    import time
+
+    if threads:
+        torch.set_num_threads(threads)
+    generator = torch.Generator().manual_seed(0)
+    floats = lambda dtype: torch.randn(size, size, generator=generator).to(dtype)  # noqa: E731
+    ints = lambda: torch.randint(-128, 128, (size, size), generator=generator, dtype=torch.int8)  # noqa: E731
+    products = {"fp32": (torch.matmul, floats(torch.float32), floats(torch.float32))}
+    if has_bf16(instruction_sets()):
+        products["bf16"] = (torch.matmul, floats(torch.bfloat16), floats(torch.bfloat16))
+    if hasattr(torch, "_int_mm"):
+        products["int8"] = (torch._int_mm, ints(), ints())
+    ceilings = {}
+    for kind, (product, a, b) in products.items():
+        product(a, b)  # warm-up: the library picks and caches its kernel
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            product(a, b)
+            best = min(best, time.perf_counter() - start)
+        ceilings[kind] = 2 * size ** 3 / best / 1e9
+    return {"gflops": ceilings, "how": f"torch {torch.__version__} {size}x{size}x{size} products, best of {repeats}, "
+                                      f"{torch.get_num_threads()} threads"}
+
+
 def describe(threads: int | None, runtimes: list[str]) -> dict:
-    model, flags = _cpu()
+    model = _cpu()[0]
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     libraries = {"edgefm": package_version("edgefm"), "numpy": package_version("numpy")}
     for runtime in sorted(set(runtimes)):
         libraries[runtime] = package_version(*RUNTIME_PACKAGES.get(runtime, [runtime]))
     return {"cpu": model, "logical_cores": os.cpu_count(), "cores_available": available,
             "threads_used": threads or f"runtime default (up to {available})",
-            "isa": {name: bool(flags & names) for name, names in ISA_FLAGS.items()},
+            "isa": instruction_sets(),
             "gpus": gpus(), "os": platform.platform(), "python": platform.python_version(),
             "libraries": libraries}
 
@@ -88,6 +132,10 @@ def summary_lines(info: dict) -> list[str]:
     gpu = "; ".join(f"{g['name']} (compute capability {g.get('compute_capability', '?')}, driver {g['driver']}, "
                     f"{g['memory_mib']:.0f} MiB)" for g in info["gpus"]) or "none"
     libs = ", ".join(f"{k} {v}" for k, v in info["libraries"].items() if v)
-    return [f"- CPU: {info['cpu']}; {info['cores_available']} of {info['logical_cores']} logical cores available, "
-            f"threads used: {info['threads_used']}", f"- Instruction sets: {isa}", f"- GPU: {gpu}",
-            f"- OS: {info['os']}, Python {info['python']}", f"- Libraries: {libs}"]
+    lines = [f"- CPU: {info['cpu']}; {info['cores_available']} of {info['logical_cores']} logical cores available, "
+             f"threads used: {info['threads_used']}", f"- Instruction sets: {isa}", f"- GPU: {gpu}",
+             f"- OS: {info['os']}, Python {info['python']}", f"- Libraries: {libs}"]
+    if info.get("gemm_ceiling"):
+        rates = ", ".join(f"{kind} {rate:,.0f}" for kind, rate in info["gemm_ceiling"]["gflops"].items())
+        lines.append(f"- GEMM ceiling (GFLOP/s; GOP/s for int8): {rates} ({info['gemm_ceiling']['how']})")
+    return lines

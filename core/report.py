@@ -66,7 +66,8 @@ def inspect_view(directory: Path, manifest: Manifest):
     if manifest.parent:
         head.add_row("[bold]compiled from[/bold]", manifest.parent["path"])
     if manifest.selection:
-        head.add_row("[bold]--precision auto[/bold]", manifest.selection["reason"])
+        asked = manifest.selection.get("asked", "--precision auto")
+        head.add_row(f"[bold]{asked}[/bold]", manifest.selection["reason"])
     parts = [head, results_table([(directory, manifest)])]
     for name, entry in manifest.components.items():
         io = Table(title=f"{name}: {entry.file}", show_edge=False)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edgefm.exporters.base import (Component, ExportOptions, LoadedModel, ModelFamily, Source,
-                                   Variant, from_pretrained, pil_image_processor, preprocess_config,
+                                   Variant, from_pretrained, graph_attention, pil_image_processor, preprocess_config,
                                    weights_sha256)
 from edgefm.gates import gates_for
 from edgefm.spec import TensorSpec
@@ -118,6 +118,7 @@ class ClipFamily(ModelFamily):
         size, context = vision.image_size, text.max_position_embeddings
         eos, bos = text.eos_token_id, text.bos_token_id
         dim = config.projection_dim
+        attention = graph_attention(loaded.model)
 
         def images(rng: np.random.Generator, dims: dict) -> dict:
             return {"pixel_values": rng.standard_normal((dims["batch"], 3, size, size), dtype=np.float32)}
@@ -136,7 +137,8 @@ class ClipFamily(ModelFamily):
             [TensorSpec("pixel_values", "float32", ("batch", 3, size, size))],
             [TensorSpec("image_embeds", "float32", ("batch", dim))],
             images, {"batch": 2}, [{"batch": 1}, {"batch": 3}], {"batch": {"default": 1}},
-            {"model_type": "clip", "num_heads": vision.num_attention_heads, "hidden_size": vision.hidden_size})
+            {"model_type": "clip", "num_heads": vision.num_attention_heads, "hidden_size": vision.hidden_size,
+             **attention})
         text_component = Component(
             "text_encoder", text_module,
             [TensorSpec("input_ids", "int64", ("batch", "sequence"), (0, text.vocab_size - 1))],
@@ -144,7 +146,7 @@ class ClipFamily(ModelFamily):
             token_ids, {"batch": 2, "sequence": context},
             [{"batch": 1, "sequence": context}, {"batch": 3, "sequence": max(4, context // 4)}],
             {"batch": {"default": 1}, "sequence": {"default": context, "max": context}},
-            {"model_type": "clip", "num_heads": text.num_attention_heads, "hidden_size": text.hidden_size})
+            {"model_type": "clip", "num_heads": text.num_attention_heads, "hidden_size": text.hidden_size, **attention})
         return [image, text_component]
 
     def write_assets(self, loaded: LoadedModel, out_dir: Path, options: ExportOptions) -> dict:

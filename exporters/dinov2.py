@@ -8,7 +8,7 @@ import numpy as np
 
 from edgefm.errors import EdgefmError
 from edgefm.exporters.base import (Component, ExportOptions, LoadedModel, ModelFamily, Source,
-                                   Variant, from_pretrained, pil_image_processor, preprocess_config,
+                                   Variant, from_pretrained, graph_attention, pil_image_processor, preprocess_config,
                                    weights_sha256)
 from edgefm.gates import gates_for
 from edgefm.spec import TensorSpec
@@ -59,8 +59,12 @@ def _wrapper(model):
             self.model = model
 
         def forward(self, pixel_values):
-            out = self.model(pixel_values=pixel_values)
-            return out.pooler_output, out.last_hidden_state[:, skip:]
+            # the model's own forward without its attention mask: while exporting, transformers materializes an
+            # all-zero bidirectional mask (it cannot see that nothing is padded), and that Add in front of every
+            # Softmax stops ONNX Runtime's attention fusion
+            hidden = self.model.encoder(self.model.embeddings(pixel_values)).last_hidden_state
+            hidden = self.model.layernorm(hidden)
+            return hidden[:, 0], hidden[:, skip:]
 
     return Dinov2Encoder().eval()
 
@@ -113,7 +117,8 @@ class Dinov2Family(ModelFamily):
                               "position-embedding interpolation exports only at a fixed size); export one "
                               "artifact per --resolution instead")
         hidden = config.hidden_size
-        arch = {"model_type": "vit", "num_heads": config.num_attention_heads, "hidden_size": hidden}
+        arch = {"model_type": "vit", "num_heads": config.num_attention_heads, "hidden_size": hidden,
+                **graph_attention(loaded.model)}
 
         def images(rng: np.random.Generator, dims: dict) -> dict:
             shape = (dims["batch"], 3, dims.get("height", res), dims.get("width", res))

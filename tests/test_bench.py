@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edgefm import bench_report, registry
+from edgefm import bench_report, hardware, registry
 from edgefm.auto_precision import TIE, choose, compile_auto
 from edgefm.bench import run_bench
 from edgefm.errors import EdgefmError, GateError
@@ -45,6 +45,14 @@ def test_hardware_block_reports_this_machine(report):
         assert hardware["isa"]["VNNI"] == bool(flags & {"avx512_vnni", "avx_vnni"})
     assert hardware["threads_used"] == 1
     assert hardware["libraries"]["onnxruntime"] and hardware["libraries"]["openvino"]
+
+
+def test_gemm_ceilings_measure_each_compute_type_this_cpu_has():
+    ceilings = hardware.gemm_ceilings(1, size=256, repeats=2)
+    assert set(ceilings["gflops"]) >= {"fp32", "int8"} and all(rate > 0 for rate in ceilings["gflops"].values())
+    assert ("bf16" in ceilings["gflops"]) == hardware.has_bf16(hardware.instruction_sets())
+    lines = hardware.summary_lines({**hardware.describe(1, []), "gemm_ceiling": ceilings})
+    assert any(line.startswith("- GEMM ceiling") and "fp32" in line and "256x256x256" in line for line in lines)
 
 
 def test_ratios_are_against_the_first_artifact_of_the_same_model(report):
@@ -128,7 +136,7 @@ def test_choose_keeps_the_best_passing_candidate():
     tie = [_candidate("fp32", 10.0 * (1 + TIE / 2), 100), _candidate("int8", 10.0, 25)]
     chosen, reason = choose(tie, "latency")
     assert chosen["precision"] == "fp32" and "most precise" in reason
-    with pytest.raises(GateError, match="no precision passes"):
+    with pytest.raises(GateError, match="no candidate passes"):
         choose([_candidate("int4", 1.0, 10, passed=False)], "latency")
 
 
@@ -164,3 +172,30 @@ def test_auto_records_candidates_that_fail(dinov2_exported, tmp_path, monkeypatc
     assert not by_precision["int8"]["passed"] and "below its gate" in by_precision["int8"]["reason"]
     assert not by_precision["int4"]["passed"] and "simulated quantizer crash" in by_precision["int4"]["reason"]
     assert manifest.selection["chosen"] in ("fp32", "fp16") and by_precision["fp32"]["passed"]
+
+
+def test_target_auto_tries_every_target_that_runs_here(dinov2_exported, tmp_path):
+    manifest = compile_auto(dinov2_exported, "auto", tmp_path / "auto", iters=3, log=lambda m: None)
+    selection = manifest.selection
+    tried = [(c["target"], c["precision"]) for c in selection["candidates"]]
+    for target in ("onnxruntime", "openvino"):
+        assert [p for t, p in tried if t == target] == [p.value for p in registry.target(target).precisions]
+    # targets whose artifacts cannot run here are recorded with the reason, never silently dropped
+    assert "tensorrt" in selection["targets_skipped"] and selection["targets_skipped"]["tensorrt"]
+    assert set(selection["targets_skipped"]) | {t for t, _ in tried} == set(registry.targets())
+    passing = [c for c in selection["candidates"] if c["passed"]]
+    chosen = next(c for c in passing if (c["target"], c["precision"]) == (selection["chosen_target"],
+                                                                          selection["chosen"]))
+    assert chosen["latency_ms"] <= min(c["latency_ms"] for c in passing) * (1 + TIE)
+    entry = manifest.components["image_encoder"]
+    assert (entry.target, entry.precision) == (selection["chosen_target"], selection["chosen"])
+    assert selection["asked"] == "--target auto --precision auto"
+    assert Manifest.load(tmp_path / "auto").selection == selection
+
+
+def test_choose_names_the_target_of_each_candidate():
+    candidates = [{**_candidate("fp32", 10.0, 100), "target": "onnxruntime"},
+                  {**_candidate("int8", 4.0, 25), "target": "openvino"},
+                  {**_candidate("int8", 6.0, 25), "target": "onnxruntime"}]
+    chosen, reason = choose(candidates, "latency")
+    assert chosen["target"] == "openvino" and reason.startswith("openvino int8:") and "onnxruntime int8 6.00" in reason

@@ -93,6 +93,16 @@ def test_compile_flags_that_do_not_fit_are_refused(dinov2_exported, tmp_path):
         assert not (tmp_path / name).exists()
 
 
+def test_target_auto_refuses_what_belongs_to_one_target(dinov2_exported, tmp_path):
+    result = _run("compile", dinov2_exported, "--target", "auto", "--int8-mode", "dynamic", "-o", tmp_path / "a")
+    assert result.exit_code == 2 and "--int8-mode belong to one target" in result.output
+    result = _run("compile", dinov2_exported, "--target", "auto", "--precision", "int8", "-o", tmp_path / "b")
+    assert result.exit_code == 2 and "--target auto chooses the precision too" in result.output
+    result = _run("compile", dinov2_exported, "--target", "auto", "--allow-below-gate", "-o", tmp_path / "c")
+    assert result.exit_code == 2 and "does not combine with --target auto" in result.output
+    assert not any((tmp_path / name).exists() for name in "abc")
+
+
 def test_compile_auto_from_the_command_line(dinov2_exported, tmp_path):
     result = _run("compile", dinov2_exported, "--precision", "auto", "--objective", "size", "-o", tmp_path / "auto")
     assert result.exit_code == 0, result.output

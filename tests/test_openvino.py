@@ -30,10 +30,11 @@ def test_ir_files_are_listed_and_verified(compiled, tmp_path):
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8", "int4"])
 def test_sessions_compute_in_the_recorded_precision(compiled, precision):
-    # OpenVINO's CPU plugin computes in bf16 by default on CPUs that have it; only fp16 may use that.
+    # OpenVINO's CPU plugin computes in bf16 by default on CPUs that have it; only fp16 and int8 (the ops int8
+    # leaves in float) may use that, each with an f32 rung after it.
     entry = Manifest.load(compiled("clip", precision, "openvino")).components["image_encoder"]
     recorded = entry.options["compile"]["inference_precision"]
-    assert recorded == "f32" or (precision == "fp16" and recorded in ("bf16", "f16"))
+    assert recorded == "f32" or (precision in ("fp16", "int8") and recorded in ("bf16", "f16"))
     session = edgefm.load(compiled("clip", precision, "openvino"))["image_encoder"]
     assert session._compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name() == recorded
 
@@ -82,3 +83,20 @@ def test_options_are_checked_per_target():
         target_options("openvino", int4_ratio=1.5)
     with pytest.raises(EdgefmError, match="power of two"):
         target_options("openvino", int4_group_size=48)
+
+
+@pytest.mark.parametrize("reduced", ["bf16", "f32"])
+def test_int8_ladder_tries_reduced_float_compute_first_where_the_cpu_has_it(monkeypatch, reduced):
+    from edgefm.spec import Precision
+    from edgefm.targets import openvino
+
+    monkeypatch.setattr(openvino, "_reduced_precision", lambda device: reduced)
+    ladder = openvino.OpenVinoTarget().schemes(Precision.INT8, OpenVinoOptions())
+    computes = [scheme.params["inference_precision"] for scheme in ladder]
+    if reduced == "f32":
+        assert set(computes) == {"f32"}
+    else:  # the first rung again in bf16, then the f32 ladder unchanged
+        assert computes[0] == "bf16" and set(computes[1:]) == {"f32"}
+        assert ladder[0].name == f"{ladder[1].name}-bf16-compute"
+        assert {k: v for k, v in ladder[0].params.items() if k != "inference_precision"} == \
+            {k: v for k, v in ladder[1].params.items() if k != "inference_precision"}
