@@ -68,8 +68,8 @@ def graph_attention(model) -> dict:
     """Switch a transformers model to its eager (matmul-softmax-matmul) attention for export, and say so for
     the manifest's arch record. Measured (DINOv2-S/14, 224, 2-core Xeon with AMX, random weights): torch's
     exporter writes SDPA as a decomposition with IsNaN / Where guards that OpenVINO's attention fusion does not
-    match, while the eager graph is fused; OpenVINO bf16 batch 8 ran 85 ms vs 134 ms, ONNX Runtime fp32
-    about 15% faster. Torch itself keeps SDPA, its fastest path (benchmarks' torch peers reset it)."""
+    match, while the eager graph is fused: OpenVINO bf16 batch 8 ran 85-98 ms vs 134 ms. Torch itself keeps
+    SDPA, its fastest path (the benchmarks' torch peers reset it)."""
     model.set_attn_implementation("eager")
     return {"attention": "eager"}
 

@@ -154,11 +154,20 @@ def test_dynamic_resolution_compiles_and_validates_at_two_sizes(dinov2_dynamic, 
 
 def test_clip_token_embeddings_are_quantized(compiled, clip_exported):
     """The text encoder's token table is most of its weights: int8 reads it through a DequantizeLinear, int4
-    stores it block-quantized (GatherBlockQuantized), and both files shrink well below the fp32 export."""
+    stores it block-quantized (GatherBlockQuantized), and both weigh well below the fp32 export.
+
+    Tensor bytes, not file sizes: in a tiny graph the node structure is a large share of the file. int4 lands near
+    int8 here (0.26 each) because the tiny preset's fp32 norms, biases and position table are a quarter of it."""
     graph = onnx.load(str(compiled("clip", "int8") / "text_encoder.onnx")).graph
     dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     assert any(n.op_type == "Gather" and n.input[0] in dequantized for n in graph.node)
     assert _ops(compiled("clip", "int4") / "text_encoder.onnx")["GatherBlockQuantized"] > 0
-    exported = (clip_exported / "text_encoder.onnx").stat().st_size
-    for precision, share in (("int8", 0.3), ("int4", 0.25)):
-        assert (compiled("clip", precision) / "text_encoder.onnx").stat().st_size < share * exported, precision
+    exported = _tensor_bytes(clip_exported / "text_encoder.onnx")
+    for precision in ("int8", "int4"):
+        assert _tensor_bytes(compiled("clip", precision) / "text_encoder.onnx") < 0.3 * exported, precision
+
+
+def _tensor_bytes(path) -> int:
+    graph = onnx.load(str(path)).graph
+    constants = [a.t for n in graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"]
+    return sum(onnx.numpy_helper.to_array(t).nbytes for t in [*graph.initializer, *constants])
