@@ -16,7 +16,7 @@ def median_ms(call, iters: int) -> float:
 
 
 def bar_panels(rows: list[dict], panels: list[tuple[str, str]], title: str, path: Path) -> None:
-    """One bar chart per (row key, panel title), engines on the x axis; the first row (torch) in grey."""
+    """One bar chart per (row key, panel title), engines on the x axis; the torch rows (peers) in grey."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -25,7 +25,7 @@ def bar_panels(rows: list[dict], panels: list[tuple[str, str]], title: str, path
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5))
     names = [r["engine"] for r in rows]
     for ax, (key, panel) in zip(axes, panels):
-        ax.bar(names, [r[key] for r in rows], color=["#888"] + ["#1e90ff"] * (len(rows) - 1))
+        ax.bar(names, [r[key] for r in rows], color=["#888" if n.startswith("torch") else "#1e90ff" for n in names])
         ax.set_title(panel, fontsize=10)
         ax.tick_params(axis="x", labelrotation=25, labelsize=8)
     fig.suptitle(title, fontsize=10)
