@@ -30,11 +30,11 @@ PRECISIONS = ["fp32", "fp16", "int8", "int4"]
 TORCH = ["torch-fp32", "torch-bf16-autocast", "torch-bf16-compile"]
 OPTIMUM_OV = [f"optimum-ov-{p}" for p in PRECISIONS]
 EDGEFM = [f"edgefm-{t}-{p}" for t in TARGETS for p in PRECISIONS]
-OPTIMUM_PIN = ["optimum-onnx==0.1.0", "onnxruntime", "pillow"]
+OPTIMUM_PIP = [["install", "optimum-onnx==0.1.0", "onnxruntime", "pillow"]]
 # torch pinned again (else its torchvision requirement pulls a CUDA torch), then PyPI's torchvision (a CUDA build that
 # breaks `import transformers` next to CPU torch; optimum-intel needs it only for vision-language models) removed
-OPTIMUM_INTEL_PIN = ["optimum-intel[openvino]==2.2.0", "pillow", os.environ.get("TORCH", "torch==2.13.0")]
-OPTIMUM_INTEL_AFTER = ["uninstall", "-y", "torchvision"]
+OPTIMUM_INTEL_PIP = [["install", "optimum-intel[openvino]==2.2.0", "pillow", os.environ.get("TORCH", "torch==2.13.0")],
+                     ["uninstall", "-y", "torchvision"]]
 
 
 # -- child: load one engine, time it, score it, report ---------------------------------------------
@@ -67,12 +67,12 @@ def build(family: str, variant: str, root: Path, log) -> dict:
                                         overwrite=True, allow_below_gate=True, log=log)
             record["compile"][f"edgefm-{short}-{precision}"] = {"seconds": time.perf_counter() - start, "components": {
                 name: {"scheme": e.options["compile"]["scheme"], "passed": e.validation["passed"],
-                       "value": e.validation["value"], "compute": compute_type(precision, e.options["compile"])}
+                       "value": e.validation["value"], "compute": artifact_compute(precision, e.options["compile"])}
                 for name, e in manifest.components.items()}}
     return record
 
 
-def compute_type(precision: str, compiled: dict) -> str:
+def artifact_compute(precision: str, compiled: dict) -> str:
     """What the GEMMs of an edgefm artifact compute in, for its share of the ceiling: int8 for int8, and for
     ONNX Runtime int4 (MatMulNBits at accuracy level 4 multiplies in int8); OpenVINO float and int4 weights
     in the inference precision the manifest records; ONNX Runtime fp16 in fp32 (its x86 CPU kernels upcast)."""
@@ -96,9 +96,9 @@ def optimum_exports(models: dict, root: Path, log) -> tuple[dict, dict]:
         loaded.processor.save_pretrained(dirs[family])  # optimum reads the image size from it
     calibration = root / "hf" / "calibration.npz"
     np.savez(calibration, **calibration_inputs(root))
-    onnx = _peer_export("optimum-onnx", root / ".optimum-venv", [OPTIMUM_PIN], "optimum_export.py",
+    onnx = _peer_export("optimum-onnx", root / ".optimum-venv", OPTIMUM_PIP, "optimum_export.py",
                         [dirs["clip"], dirs["dinov2"], root / "optimum"], log)
-    intel = _peer_export("optimum-intel", root / ".optimum-intel-venv", [OPTIMUM_INTEL_PIN, OPTIMUM_INTEL_AFTER],
+    intel = _peer_export("optimum-intel", root / ".optimum-intel-venv", OPTIMUM_INTEL_PIP,
                          "optimum_intel_export.py", [dirs["clip"], dirs["dinov2"], calibration, root / "optimum-intel"],
                          log)
     return onnx, intel
@@ -106,33 +106,27 @@ def optimum_exports(models: dict, root: Path, log) -> tuple[dict, dict]:
 
 def calibration_inputs(root: Path) -> dict:
     """The calibration photos and prompts edgefm calibrates on, preprocessed per model, for optimum-intel's int8."""
-    count = _calibration_count()
-    items = lambda family, component: [make_inputs(root / family / "exported", component, 1, calib=i)  # noqa: E731
-                                       for i in range(count)]
-    return {"pixel_values": np.concatenate([i["pixel_values"] for i in items("clip", "image_encoder")]),
-            "dinov2_pixel_values": np.concatenate([i["pixel_values"] for i in items("dinov2", "image_encoder")]),
-            "input_ids": np.concatenate([i["input_ids"] for i in items("clip", "text_encoder")])}
-
-
-def _calibration_count() -> int:
     from edgefm.calibration.data import load as load_calibration
 
     data = load_calibration()
-    return min(len(data.calib_images), len(data.calib_prompts))
+    count = min(len(data.calib_images), len(data.calib_prompts))
+    items = lambda family, component: make_inputs(root / family / "exported", component, count,  # noqa: E731
+                                                  split="calib")
+    return {"pixel_values": items("clip", "image_encoder")["pixel_values"],
+            "dinov2_pixel_values": items("dinov2", "image_encoder")["pixel_values"],
+            "input_ids": items("clip", "text_encoder")["input_ids"]}
 
 
 def _peer_export(package: str, venv: Path, pip_steps: list[list[str]], script: str, args: list, log) -> dict:
-    """Make the peer's venv (CPU torch first, then `pip_steps`: `install` is implied for a list of pins) and run
-    its export script there."""
+    """Make the peer's venv (CPU torch first, then each of `pip_steps`: pip's arguments) and run its export
+    script there."""
     python = venv / "bin" / "python"
     try:
         if not python.exists():
             log(f"creating {venv} for {package} (its transformers pin conflicts with edgefm's)")
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-            for step in [[os.environ.get("TORCH", "torch==2.13.0")], *pip_steps]:
-                command = step if step[0] in ("install", "uninstall") else ["install", *step]
-                subprocess.run([str(python), "-m", "pip", *command[:1], "-q", *command[1:]], check=True,
-                               capture_output=True)
+            for step in [["install", os.environ.get("TORCH", "torch==2.13.0")], *pip_steps]:
+                subprocess.run([str(python), "-m", "pip", *step, "-q"], check=True, capture_output=True)
         log(f"exporting with {package}")
         start = time.perf_counter()
         printed = subprocess.run([str(python), str(Path(__file__).with_name(script)), *map(str, args)], check=True,
@@ -147,8 +141,8 @@ def _peer_export(package: str, venv: Path, pip_steps: list[list[str]], script: s
     return {"export_s": time.perf_counter() - start, **json.loads(versions.stdout), "errors": failed}
 
 
-def make_inputs(exported: Path, component: str, batch: int, calib: int | None = None) -> dict:
-    """Held-out photos / prompts tiled to the batch (or calibration item `calib` alone)."""
+def make_inputs(exported: Path, component: str, batch: int, split: str = "heldout") -> dict:
+    """The held-out (or calibration) photos / prompts, tiled to the batch."""
     from edgefm.calibration.data import load as load_calibration
     from edgefm.manifest import Manifest
     from edgefm.runtimes.preprocess import preprocess
@@ -157,9 +151,9 @@ def make_inputs(exported: Path, component: str, batch: int, calib: int | None = 
     manifest, data = Manifest.load(exported), load_calibration()
     spec = manifest.components[component].inputs[0]
     if spec.dtype == "float32":
-        images = data.heldout_images if calib is None else [data.calib_images[calib]]
+        images = data.heldout_images if split == "heldout" else data.calib_images
         return {spec.name: preprocess([images[i % len(images)] for i in range(batch)], manifest.task["preprocess"])}
-    prompts = data.heldout_prompts if calib is None else [data.calib_prompts[calib]]
+    prompts = data.heldout_prompts if split == "heldout" else data.calib_prompts
     tokenize = TextTokenizer.from_manifest(manifest, exported)
     return {spec.name: tokenize([prompts[i % len(prompts)] for i in range(batch)])}
 

@@ -89,7 +89,8 @@ def write_markdown(path: Path, report: dict) -> None:
              f"{versions(report['optimum'], 'optimum-onnx')} on ONNX Runtime fp32; "
              f"{versions(report['optimum_intel'], 'optimum-intel')} on OpenVINO",
              *[f"- Not run: {engine}: {why}" for engine, why in report["skipped"].items()],
-             *[f"- {name.replace('_', '-')} could not build {graph}: {why}" for name in ("optimum", "optimum_intel")
+             *[f"- {name.replace('_', '-')} could not build {graph}: {why.splitlines()[0]}"
+               for name in ("optimum", "optimum_intel")
                for graph, why in (report[name] or {}).get("errors", {}).items()],
              f"- {report['iters']} timed runs after {report['warmup']} warm-up; inputs: held-out calibration photos / "
              "prompts tiled to the batch; every row in a fresh process (peak RSS is that row's alone)",

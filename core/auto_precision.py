@@ -100,7 +100,8 @@ def compile_auto(artifact: Path, target_name: str, out: Path, objective: str = "
         manifest = Manifest.load(tmp)
         hardware = describe(None, [t.runtime for t in targets])
         manifest.selection = {"asked": f"--target {target_name} --precision auto", "objective": objective,
-                              "chosen": chosen["precision"], "chosen_target": chosen["target"], "reason": reason, "candidates": candidates, "targets_skipped": skipped,
+                              "chosen": chosen["precision"], "chosen_target": chosen["target"], "reason": reason,
+                              "candidates": candidates, "targets_skipped": skipped,
                               "measured_on": {k: hardware[k] for k in ("cpu", "isa")},
                               "timing": f"median of {iters} runs at batch 1, summed over components"}
         manifest.save(tmp)

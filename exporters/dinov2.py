@@ -60,8 +60,8 @@ def _wrapper(model):
 
         def forward(self, pixel_values):
             # the model's own forward without its attention mask: while exporting, transformers materializes an
-            # all-zero bidirectional mask (it cannot see that nothing is padded), and that Add in front of every
-            # Softmax stops ONNX Runtime's attention fusion
+            # all-zero bidirectional mask (it cannot see that nothing is padded) and adds it before every Softmax,
+            # a [batch, heads, tokens, tokens] Add per layer that ONNX Runtime's optimizer keeps
             hidden = self.model.encoder(self.model.embeddings(pixel_values)).last_hidden_state
             hidden = self.model.layernorm(hidden)
             return hidden[:, 0], hidden[:, skip:]
