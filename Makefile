@@ -10,7 +10,7 @@ BENCH_ARGS ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.edgefm-installed
 
-.PHONY: demo test bench bench-sam2 bench-sd bench-trained
+.PHONY: demo test test-fast bench bench-sam2 bench-sd bench-trained
 demo: $(STAMP)
 	$(BIN)/edgefm demo
 	$(BIN)/python benchmarks/demo_trained_dinov2.py
@@ -20,6 +20,10 @@ bench-trained: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The fast tier, for iteration: every module's tests but the slow builds (under 5 minutes on 2 cores).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not trained"
 
 bench: $(STAMP)
 	TORCH="$(TORCH)" $(BIN)/python benchmarks/bench_peers.py $(BENCH_ARGS)

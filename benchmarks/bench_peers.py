@@ -25,11 +25,22 @@ import numpy as np
 
 REAL = {"clip": "vit-b-32", "dinov2": "small"}
 QUICK = {"clip": "tiny", "dinov2": "tiny"}
-TARGETS = {"ort": "onnxruntime", "ov": "openvino"}
+SHORT = {"onnxruntime": "ort", "openvino": "ov"}  # row names of earlier reports; other targets go by their name
 PRECISIONS = ["fp32", "fp16", "int8", "int4"]
 TORCH = ["torch-fp32", "torch-bf16-autocast", "torch-bf16-compile"]
 OPTIMUM_OV = [f"optimum-ov-{p}" for p in PRECISIONS]
-EDGEFM = [f"edgefm-{t}-{p}" for t in TARGETS for p in PRECISIONS]
+
+
+def edgefm_builds(only: list[str] | None) -> dict[str, tuple[str, list[str]]]:
+    """{row prefix: (target, precisions)} for every installed target whose artifacts run here (or those in `only`)."""
+    from edgefm import registry
+
+    builds = {}
+    for name, target in sorted(registry.targets().items()):
+        if (only and name not in only) or target.available() or target.cannot_run_here():
+            continue
+        builds[SHORT.get(name, name)] = (name, [p for p in PRECISIONS if any(p == q.value for q in target.precisions)])
+    return builds
 OPTIMUM_PIP = [["install", "optimum-onnx==0.1.0", "onnxruntime", "pillow"]]
 # torch pinned again (else its torchvision requirement pulls a CUDA torch), then PyPI's torchvision (a CUDA build that
 # breaks `import transformers` next to CPU torch; optimum-intel needs it only for vision-language models) removed
@@ -53,15 +64,15 @@ def child(spec: dict) -> None:
 
 
 # -- parent: build artifacts, prepare inputs, spawn children, write reports --------------------------
-def build(family: str, variant: str, root: Path, log) -> dict:
+def build(family: str, variant: str, root: Path, targets: dict, log) -> dict:
     from edgefm.compile_job import compile_artifact
     from edgefm.export_job import export
 
     start = time.perf_counter()
     export(family, root / "exported", variant=variant, random_weights=True, overwrite=True, log=log)
     record = {"family": family, "variant": variant, "export_s": time.perf_counter() - start, "compile": {}}
-    for short, target in TARGETS.items():
-        for precision in PRECISIONS:
+    for short, (target, precisions) in targets.items():
+        for precision in precisions:
             start = time.perf_counter()
             manifest = compile_artifact(root / "exported", target, precision, root / f"{short}-{precision}",
                                         overwrite=True, allow_below_gate=True, log=log)
@@ -196,7 +207,8 @@ def bench_rows(base: dict, engines: list[str], work: Path, root: Path, score: bo
         yield row
 
 
-def engines_to_run(info: dict, optimum: dict | None, optimum_intel: dict | None) -> tuple[list[str], dict]:
+def engines_to_run(info: dict, optimum: dict | None, optimum_intel: dict | None, targets: dict
+                   ) -> tuple[list[str], dict]:
     """The engines this machine and these installs can run, and why the others are left out."""
     from edgefm.hardware import has_bf16
 
@@ -211,7 +223,7 @@ def engines_to_run(info: dict, optimum: dict | None, optimum_intel: dict | None)
             engines += names
         else:
             skipped.update(dict.fromkeys(names, export["error"] if export else "not run (--no-optimum)"))
-    return engines + EDGEFM, skipped
+    return engines + [f"edgefm-{short}-{p}" for short, (_, precisions) in targets.items() for p in precisions], skipped
 
 
 def main() -> None:
@@ -223,6 +235,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--no-optimum", action="store_true", help="skip the Optimum peers (no venvs made)")
+    parser.add_argument("--targets", help="edgefm targets to build, comma-separated (default: every installed one "
+                                          "whose artifacts run here)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -238,7 +252,9 @@ def main() -> None:
     work = root / "inputs"
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    info = hardware.describe(args.threads, ["onnxruntime", "openvino"])
+    targets = edgefm_builds(args.targets.split(",") if args.targets else None)
+    info = hardware.describe(args.threads, ["onnxruntime", "openvino"] + [registry.target(t).runtime
+                                                                          for t, _ in targets.values()])
     info["gemm_ceiling"] = hardware.gemm_ceilings(args.threads)  # first, on an idle machine
     info["libraries"].update({name: hardware.package_version(name) for name in ("torch", "transformers", "nncf")})
     rows = []
@@ -248,13 +264,13 @@ def main() -> None:
         log = lambda message: progress.update(task, description=message[:100])  # noqa: E731
         builds = []
         for family, variant in models.items():
-            builds.append(build(family, variant, root / family, log))
+            builds.append(build(family, variant, root / family, targets, log))
             progress.advance(task)
         optimum = optimum_intel = None
         if not args.no_optimum:
             optimum, optimum_intel = optimum_exports(models, root, log)
         progress.advance(task)
-        engines, skipped = engines_to_run(info, optimum, optimum_intel)
+        engines, skipped = engines_to_run(info, optimum, optimum_intel, targets)
         runs = sum(len(registry.family(f).component_names) for f in models) * len(batches) * len(engines)
         progress.update(task, total=len(models) + 1 + runs)
         for family, variant in models.items():

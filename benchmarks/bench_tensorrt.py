@@ -51,7 +51,7 @@ def bench_model(family: str, variant: str, out: Path, iters: int, engines: bool)
 def _rows(family, variant, planned: Path, compile_s: float, precision: str, engines: bool, out: Path,
           iters: int) -> list[dict]:
     from edgefm.bench import artifact_latencies
-    from edgefm.engine_job import build_engines
+    from edgefm.targets.tensorrt_device import build_engines
     from edgefm.hardware import gpu_memory_mib
     from edgefm.manifest import Manifest
     from edgefm.runtimes.tensorrt import this_machine

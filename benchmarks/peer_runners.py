@@ -149,13 +149,15 @@ def task_metrics(spec: dict, call) -> dict:
     held-out photos / prompts: every row is scored the same way."""
     from edgefm import registry
     from edgefm.calibration.data import load
+    from edgefm.calibration.recipe import CheckContext
     from edgefm.manifest import Manifest
     from edgefm.runtimes.loader import open_sessions
 
     exported = Path(spec["exported"])
     manifest = Manifest.load(exported)
-    recipe = registry.family_module("edgefm.calibration", spec["family"])
-    gates = registry.family(spec["family"]).gates(spec["component"], "int8")  # values are what the row reports
+    family = registry.family(spec["family"])
+    gates = family.gates(spec["component"], "int8")  # values are what the row reports
     reference = open_sessions(exported, manifest, threads=spec["threads"])
-    checks = recipe.extra_checks(spec["component"], _Callable(call), reference, manifest, exported, load(), gates)
+    checks = family.calibration().extra_checks(CheckContext(spec["component"], _Callable(call), reference, manifest,
+                                                            exported, load(), gates))
     return {check.metric: check.value for check in checks}

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgefm.calibration.data import CalibrationData
+from edgefm.calibration.recipe import CalibrationRecipe, CheckContext
 from edgefm.compare import normalize
 from edgefm.manifest import Manifest
 from edgefm.runtimes.preprocess import as_pil, preprocess
@@ -22,16 +23,6 @@ VIEWS = [(1.0, 0.5, 0.5, False), (1.0, 0.5, 0.5, True), (0.8, 0.4, 0.4, False), 
          (0.7, 0.35, 0.65, False), (0.7, 0.65, 0.35, False), (0.6, 0.5, 0.5, False), (0.6, 0.3, 0.7, True)]
 TIE = 0.01  # fp32 cosines closer than this are a tie between two neighbours
 MAX_PHOTOS = 16  # views of at most this many held-out photos (8 views each) per check
-
-
-def feeds(component: str, manifest: Manifest, directory: Path, data: CalibrationData):
-    config = manifest.task["preprocess"]
-    calib = [{"pixel_values": preprocess([p], config)} for p in data.calib_images]
-    heldout = [{"pixel_values": preprocess(data.heldout_images, config)}]
-    if manifest.task.get("dynamic_resolution"):  # also hold the graph to its gate at a wider, larger size
-        res, patch = manifest.task["resolution"], manifest.task["patch_size"]
-        heldout.append({"pixel_values": preprocess(data.heldout_images, config, (res + 4 * patch, res + 8 * patch))})
-    return calib, heldout
 
 
 def views(photos: list) -> list:
@@ -79,14 +70,28 @@ def neighbour_agreement(got: np.ndarray, ref: np.ndarray) -> tuple[float, float]
     return float((chosen >= best - TIE).mean()), float((got_pick == ref_pick).mean())
 
 
-def extra_checks(component, candidate, reference, manifest, directory, data, gates) -> list[Check]:
-    photos = data.heldout_images[:MAX_PHOTOS]
-    pixels = preprocess(views(photos), manifest.task["preprocess"])
-    got_cls, got_patches = _features(candidate, pixels)
-    ref_cls, ref_patches = _features(reference[component], pixels)
-    knn, knn_exact = neighbour_agreement(view_similarity(got_cls), view_similarity(ref_cls))
-    match, match_exact = neighbour_agreement(patch_similarity(got_patches), patch_similarity(ref_patches))
-    detail = {"photos": len(photos), "views": len(pixels), "tie": TIE}
-    return [Check("cls_knn_agreement", knn, gates["cls_knn_agreement"], detail={**detail, "exact": knn_exact}),
-            Check("patch_match_agreement", match, gates["patch_match_agreement"],
-                  detail={**detail, "exact": match_exact, "patches": int(got_patches.shape[1])})]
+class Dinov2Recipe(CalibrationRecipe):
+    def feeds(self, component: str, manifest: Manifest, directory: Path, data: CalibrationData, cache=None):
+        config = manifest.task["preprocess"]
+        calib = [{"pixel_values": preprocess([p], config)} for p in data.calib_images]
+        heldout = [{"pixel_values": preprocess(data.heldout_images, config)}]
+        if manifest.task.get("dynamic_resolution"):  # also hold the graph to its gate at a wider, larger size
+            res, patch = manifest.task["resolution"], manifest.task["patch_size"]
+            heldout.append({"pixel_values": preprocess(data.heldout_images, config,
+                                                       (res + 4 * patch, res + 8 * patch))})
+        return calib, heldout
+
+    def extra_checks(self, ctx: CheckContext) -> list[Check]:
+        photos = ctx.data.heldout_images[:MAX_PHOTOS]
+        pixels = preprocess(views(photos), ctx.manifest.task["preprocess"])
+        got_cls, got_patches = _features(ctx.candidate, pixels)
+        ref_cls, ref_patches = _features(ctx.reference[ctx.component], pixels)
+        knn, knn_exact = neighbour_agreement(view_similarity(got_cls), view_similarity(ref_cls))
+        match, match_exact = neighbour_agreement(patch_similarity(got_patches), patch_similarity(ref_patches))
+        detail = {"photos": len(photos), "views": len(pixels), "tie": TIE}
+        return [Check("cls_knn_agreement", knn, ctx.gates["cls_knn_agreement"], detail={**detail, "exact": knn_exact}),
+                Check("patch_match_agreement", match, ctx.gates["patch_match_agreement"],
+                      detail={**detail, "exact": match_exact, "patches": int(got_patches.shape[1])})]
+
+
+RECIPE = Dinov2Recipe()

@@ -7,27 +7,26 @@ from pathlib import Path
 
 import numpy as np
 
+from edgefm.calibration import sam2_pipeline
 from edgefm.calibration.data import CalibrationData
-from edgefm.calibration.sam2_pipeline import mask_iou, pipeline_checks  # noqa: F401  (the recipe's end-to-end check)
+from edgefm.calibration.recipe import CalibrationRecipe, CheckContext
+from edgefm.calibration.sam2_pipeline import mask_iou
+from edgefm.compile_cache import CompileCache
 from edgefm.manifest import Manifest
 from edgefm.spec import Check
 
-_CACHE: dict = {}
+
+def _capture(manifest: Manifest, directory: Path, image: Path, seed: int, cache: CompileCache) -> dict:
+    """One photo through the fp32 graphs: {component: feed}, computed once per job (`cache`)."""
+    key = ("sam2 capture", str(Path(directory).resolve()), manifest.source.get("weights_sha256"), image, seed)
+    return cache.get(key, lambda: _run_capture(manifest, directory, image, seed, cache))
 
 
-def _capture(manifest: Manifest, directory: Path, image: Path, seed: int) -> dict:
-    """One photo through the fp32 graphs: {component: feed}."""
+def _run_capture(manifest: Manifest, directory: Path, image: Path, seed: int, cache: CompileCache) -> dict:
     from edgefm.runtimes.loader import open_sessions
     from edgefm.runtimes.pipelines.sam2 import bilinear_resize, pixels
 
-    key = (str(Path(directory).resolve()), manifest.source.get("weights_sha256"))
-    if key not in _CACHE:
-        _CACHE.clear()  # one artifact at a time
-        _CACHE[key] = {"sessions": open_sessions(directory, manifest)}
-    cache = _CACHE[key]
-    if image in cache:
-        return cache[image]
-    sessions, task = cache["sessions"], manifest.task
+    sessions, task = open_sessions(directory, manifest, cache=cache), manifest.task
     size, low = task["image_size"], task["low_res_size"]
     rng = np.random.default_rng(seed)
     pixel_values, _ = pixels(image, task["preprocess"])
@@ -44,10 +43,9 @@ def _capture(manifest: Manifest, directory: Path, image: Path, seed: int) -> dic
     memory = {"vision_feat": enc["vision_feat"], "high_res_mask": high,
               "object_score_logits": out["object_score_logits"], "is_mask_from_pts": np.ones(1, np.float32)}
     entry = sessions["memory_encoder"].run(memory)
-    cache[image] = {"image_encoder": {"pixel_values": pixel_values}, "mask_decoder": decoder,
-                    "memory_encoder": memory, "mask_prompt": {"mask": (high > 0).astype(np.float32)},
-                    "_enc": enc, "_memory": entry, "_pointer": out["object_pointers"][:, best]}
-    return cache[image]
+    return {"image_encoder": {"pixel_values": pixel_values}, "mask_decoder": decoder,
+            "memory_encoder": memory, "mask_prompt": {"mask": (high > 0).astype(np.float32)},
+            "_enc": enc, "_memory": entry, "_pointer": out["object_pointers"][:, best]}
 
 
 def _attention_feed(current: dict, previous: dict, max_pointers: int) -> dict:
@@ -61,28 +59,39 @@ def _attention_feed(current: dict, previous: dict, max_pointers: int) -> dict:
             "pointer_tpos": np.array([0.0, 1.0 / max(max_pointers - 1, 1)], np.float32)}
 
 
-def _feeds_for(component: str, manifest: Manifest, directory: Path, images: list[Path], offset: int) -> list[dict]:
-    captured = [_capture(manifest, directory, p, offset + i) for i, p in enumerate(images)]
+def _feeds_for(component: str, manifest: Manifest, directory: Path, images: list[Path], offset: int,
+               cache: CompileCache) -> list[dict]:
+    captured = [_capture(manifest, directory, p, offset + i, cache) for i, p in enumerate(images)]
     if component != "memory_attention":
         return [c[component] for c in captured]
     pointers = manifest.task["video"]["max_object_pointers"]
     return [_attention_feed(c, captured[i - 1], pointers) for i, c in enumerate(captured)]
 
 
-def feeds(component: str, manifest: Manifest, directory: Path, data: CalibrationData):
-    """(calibration feeds, held-out feeds), batch 1 each."""
-    return (_feeds_for(component, manifest, directory, data.calib_images, 0),
-            _feeds_for(component, manifest, directory, data.heldout_images, 1000))
+class Sam2Recipe(CalibrationRecipe):
+    def feeds(self, component: str, manifest: Manifest, directory: Path, data: CalibrationData,
+              cache: CompileCache | None = None):
+        """(calibration feeds, held-out feeds), batch 1 each."""
+        cache = CompileCache() if cache is None else cache
+        return (_feeds_for(component, manifest, directory, data.calib_images, 0, cache),
+                _feeds_for(component, manifest, directory, data.heldout_images, 1000, cache))
+
+    def extra_checks(self, ctx: CheckContext) -> list[Check]:
+        """Mask IoU of the compiled decoder vs the fp32 one, every mask token, on held-out photos."""
+        if ctx.component != "mask_decoder":
+            return []
+        _, heldout = self.feeds(ctx.component, ctx.manifest, ctx.directory, ctx.data, ctx.cache)
+        ious = []
+        for feed in heldout:
+            got, ref = ctx.candidate.run(feed)["masks"] > 0, ctx.reference[ctx.component].run(feed)["masks"] > 0
+            ious += [mask_iou(g, r) for g, r in zip(got.reshape(-1, *got.shape[2:]), ref.reshape(-1, *ref.shape[2:]))]
+        return [Check("mask_iou", float(np.mean(ious)), ctx.gates["mask_iou"],
+                      detail={"min": float(np.min(ious)), "masks": len(ious)})]
+
+    def pipeline_checks(self, candidate, reference_dir: Path, data: CalibrationData, gates: dict,
+                        cache: CompileCache | None = None) -> list[Check]:
+        return sam2_pipeline.pipeline_checks(candidate, reference_dir, data, gates,
+                                             CompileCache() if cache is None else cache)
 
 
-def extra_checks(component, candidate, reference, manifest, directory, data, gates) -> list:
-    """Mask IoU of the compiled decoder vs the fp32 one, every mask token, on held-out photos."""
-    if component != "mask_decoder":
-        return []
-    _, heldout = feeds(component, manifest, directory, data)
-    ious = []
-    for feed in heldout:
-        got, ref = candidate.run(feed)["masks"] > 0, reference[component].run(feed)["masks"] > 0
-        ious += [mask_iou(g, r) for g, r in zip(got.reshape(-1, *got.shape[2:]), ref.reshape(-1, *ref.shape[2:]))]
-    return [Check("mask_iou", float(np.mean(ious)), gates["mask_iou"],
-                  detail={"min": float(np.min(ious)), "masks": len(ious)})]
+RECIPE = Sam2Recipe()

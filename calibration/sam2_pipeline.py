@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edgefm.compile_cache import CompileCache
 from edgefm.manifest import sha256_file
 from edgefm.spec import Check
 
 CLIP_FRAMES = 8
 VIDEO_PHOTOS = 2
-_REFERENCE: dict = {}  # the fp32 export's logits, computed once per artifact and photo set
 
 
 def mask_iou(got: np.ndarray, ref: np.ndarray) -> float:
@@ -80,23 +80,23 @@ def _video_logits(artifact, photos: list[Path]) -> list[np.ndarray]:
     return out
 
 
-def _reference(reference_dir: Path, photos: list[Path]) -> dict:
-    import edgefm
+def _reference(reference_dir: Path, photos: list[Path], cache: CompileCache) -> dict:
+    """The fp32 export's logits, computed once per job (`cache`), export and photo set."""
+    from edgefm.runtimes.loader import load
 
-    key = (sha256_file(Path(reference_dir) / "manifest.json"), tuple(str(p) for p in photos))
-    if key not in _REFERENCE:
-        _REFERENCE.clear()  # one reference at a time
-        artifact = edgefm.load(reference_dir)
-        _REFERENCE[key] = {"image": _image_logits(artifact, photos),
-                           "video": _video_logits(artifact, photos[:VIDEO_PHOTOS])}
-    return _REFERENCE[key]
+    def compute() -> dict:
+        artifact = load(reference_dir, cache=cache)
+        return {"image": _image_logits(artifact, photos), "video": _video_logits(artifact, photos[:VIDEO_PHOTOS])}
+
+    key = ("sam2 reference logits", sha256_file(Path(reference_dir) / "manifest.json"), tuple(str(p) for p in photos))
+    return cache.get(key, compute)
 
 
-def pipeline_checks(candidate, reference_dir: Path, data, gates: dict) -> list[Check]:
+def pipeline_checks(candidate, reference_dir: Path, data, gates: dict, cache: CompileCache) -> list[Check]:
     """Mean mask IoU of the loaded `candidate` artifact vs the fp32 export, image and video, at
     threshold 0 and at the fp32 median logit."""
     photos = list(data.heldout_images)
-    reference = _reference(reference_dir, photos)
+    reference = _reference(reference_dir, photos, cache)
     got = {"image": _image_logits(candidate, photos), "video": _video_logits(candidate, photos[:VIDEO_PHOTOS])}
     checks = []
     for kind in ("image", "video"):

@@ -74,7 +74,7 @@ def candidate_targets(target_name: str) -> tuple[list, dict[str, str]]:
             usable.append(target)
     if not usable:
         raise EdgefmError("--target auto found no installed target whose artifacts run on this machine (" +
-                          "; ".join(f"{k}: {v}" for k, v in skipped.items()) + "); pip install 'edgefm[openvino]' "
+                          "; ".join(f"{k}: {v}" for k, v in skipped.items()) + "); pip install 'edgefm[build]' "
                           "or name a --target")
     return usable, skipped
 
@@ -84,8 +84,11 @@ def compile_auto(artifact: Path, target_name: str, out: Path, objective: str = "
     from edgefm.hardware import describe
     from edgefm.staging import staging_dir
 
+    from edgefm.compile_cache import CompileCache
+
     targets, skipped = candidate_targets(target_name)
     inputs = [artifact, compile_kwargs.get("calib_dir"), compile_kwargs.get("prompts")]
+    compile_kwargs = {**compile_kwargs, "cache": CompileCache()}  # the candidates share the export's sessions, feeds
     with staging_dir(Path(out), overwrite, inputs, log) as tmp:
         candidates = []
         for target in targets:

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from edgefm import __version__
+from edgefm.cli_flags import TargetFlagsCommand
 
 
 def _console(stderr: bool = True, min_width: int = 120):
@@ -106,11 +107,12 @@ def _export_options(f):
     f = click.option("--random-weights", is_flag=True,
                      help="Build the variant's real architecture with seeded random weights (no download).")(f)
     f = click.option("--resolution", type=click.IntRange(14, 4096),
-                     help="Input size for DINOv2 (multiple of 14; default 224).")(f)
-    f = click.option("--dynamic-resolution", is_flag=True, help="Export DINOv2 with dynamic height/width.")(f)
+                     help="Input size, for families that take one (a multiple of the patch size).")(f)
+    f = click.option("--dynamic-resolution", is_flag=True,
+                     help="Export with dynamic height/width, for families that take a --resolution.")(f)
     f = click.option("--lora", type=click.Path(exists=True),
-                     help="sd15/sdxl: LoRA weights (.safetensors file or folder) fused into the UNet and text "
-                          "encoders before export.")(f)
+                     help="Text-to-image families: LoRA weights (.safetensors file or folder) fused into the UNet "
+                          "and text encoders before export.")(f)
     f = click.option("--lora-scale", type=float, default=1.0, callback=_finite, show_default=True,
                      help="Strength of the fused LoRA.")(f)
     return f
@@ -145,66 +147,24 @@ def _picture(ctx, param, value):
     return value
 
 
-def _int_choice(ctx, param, value):
-    return None if value is None else int(value)
-
-
-def _none_if_empty(ctx, param, value):
-    return tuple(value) or None
-
-
-def _shape_options(f):
-    f = click.option("--device-profile", type=click.Choice(["generic", "jetson-orin", "a100", "h100"]),
-                     help="tensorrt: the GPU the engines are for (default generic: the GPU they are built on).")(f)
-    f = click.option("--shapes", multiple=True, callback=_none_if_empty,
-                     help="tensorrt: optimization profile of a dynamic dim, DIM=MIN,OPT,MAX (repeatable), e.g. "
-                          "batch=1,4,16.")(f)
-    return f
-
-
 def _compile_options(f):
-    f = click.option("--target", default="onnxruntime", show_default=True,
-                     help="Deployment target: onnxruntime, openvino, coreml, tensorrt, or auto (every installed target "
-                          "whose artifacts run here, each precision; keeps the fastest that passes its gates).")(f)
+    """The flags every target shares; each target's own flags come from its options (cli_flags.py)."""
+    f = click.option("--target", help="A deployment target from `edgefm targets` (default: the one marked there, "
+                                       "which runs wherever edgefm installs), or auto (every installed target "
+                                       "whose artifacts run here, each precision; keeps the fastest that passes "
+                                       "its gates).")(f)
     f = click.option("--precision",
-                     help="fp32, fp16, int8, int4, fp8 (tensorrt), or auto (compile each, keep the best that passes "
-                          "its gate); default: the target's own (fp32; coreml and tensorrt fp16).")(f)
+                     help="A precision the target builds (`edgefm targets`), or auto (compile each, keep the best "
+                          "that passes its gate); default: the target's own.")(f)
     f = click.option("--objective", type=click.Choice(["latency", "size"]),
                      help="What --precision auto optimizes, measured on this machine (default latency).")(f)
     f = click.option("--calib", type=click.Path(), help="Folder of your own images for calibration/validation.")(f)
     f = click.option("--calib-size", type=click.IntRange(min=1), help="Calibration images (and prompts) to use.")(f)
     f = click.option("--calib-prompts", type=click.Path(dir_okay=False),
                      help="Text file, one prompt per line, for text encoders.")(f)
-    f = click.option("--int8-mode", type=click.Choice(["static", "dynamic"]),
-                     help="onnxruntime: static (calibrated QDQ, default) or dynamic.")(f)
-    f = click.option("--int4-group-size", type=click.IntRange(min=1),
-                     help="Weights per int4 scale (default 32).")(f)
-    f = click.option("--int4-ratio", type=float, callback=_finite,
-                     help="openvino: share of linear layers in int4 (default 1.0).")(f)
-    f = click.option("--device", help="openvino: CPU (default), GPU or NPU, as OpenVINO lists them.")(f)
-    f = click.option("--deployment-target", type=click.Choice(["ios17", "macos14", "ios18", "macos15"]),
-                     help="coreml: oldest OS to run on (default ios17; ios18 for int4 per-block weights).")(f)
-    f = click.option("--compute-units", type=click.Choice(["ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY"]),
-                     help="coreml: where Core ML may run the model (default ALL).")(f)
-    f = click.option("--palettize", "palettize_bits", type=click.Choice(["4", "6", "8"]), callback=_int_choice,
-                     help="coreml: int8/int4 as k-means palettized weights of this many bits.")(f)
-    f = click.option("--fixed-shapes", is_flag=True, default=None,
-                     help="coreml: pin dynamic sizes to their defaults (what the Neural Engine prefers).")(f)
-    f = click.option("--int8-activations", is_flag=True, default=None,
-                     help="coreml: int8 also quantizes activations, calibrated through Core ML (on a Mac).")(f)
-    f = click.option("--chunk-over-mib", type=float, callback=_finite,
-                     help="coreml: split packages larger than this in two (iOS, e.g. the SD UNet).")(f)
-    f = _shape_options(f)
-    f = click.option("--fp16-data-max", type=float, callback=_finite,
-                     help="tensorrt: activations past this magnitude keep their node in fp32 (default 512).")(f)
     f = click.option("--allow-below-gate", is_flag=True,
                      help="Keep the best attempt even if it misses its accuracy gate (recorded in the manifest).")(f)
     return f
-
-
-TARGET_FLAGS = ("int8_mode", "int4_group_size", "int4_ratio", "device", "deployment_target", "compute_units",
-                "palettize_bits", "fixed_shapes", "chunk_over_mib", "int8_activations", "device_profile", "shapes",
-                "fp16_data_max")
 
 
 def _compile_settings(flags: dict) -> tuple[dict, object]:
@@ -212,11 +172,13 @@ def _compile_settings(flags: dict) -> tuple[dict, object]:
     from edgefm import registry
     from edgefm.auto_precision import AUTO
     from edgefm.compile_job import target_options
+    from edgefm.cli_flags import split_flags
     from edgefm.errors import EdgefmError
 
-    common = {k: v for k, v in flags.items() if k not in TARGET_FLAGS}
+    common, target_flags = split_flags(flags)
+    common["target"] = common["target"] or registry.default_target().name
     if common["target"] == AUTO:
-        return _auto_target_settings(common, flags)
+        return _auto_target_settings(common, target_flags)
     common["precision"] = common["precision"] or registry.target(common["target"]).default_precision.value
     precision, objective = common["precision"], common["objective"]
     if precision == "auto" and common["allow_below_gate"]:
@@ -224,16 +186,16 @@ def _compile_settings(flags: dict) -> tuple[dict, object]:
                           "precisions that pass their gates")
     if precision != "auto" and objective:
         raise EdgefmError(f"--objective applies to --precision auto only (got --precision {precision})")
-    return common, target_options(common["target"], **{k: v for k, v in flags.items() if k in TARGET_FLAGS})
+    return common, target_options(common["target"], **target_flags)
 
 
-def _auto_target_settings(common: dict, flags: dict) -> tuple[dict, None]:
+def _auto_target_settings(common: dict, target_flags: dict) -> tuple[dict, None]:
     """`--target auto` tries every runnable target with its default options, so it implies --precision auto
     and takes no target flags."""
     from edgefm.auto_precision import AUTO
     from edgefm.errors import EdgefmError
 
-    given = ["--" + k.replace("_", "-") for k in TARGET_FLAGS if flags.get(k) is not None]
+    given = ["--" + k.replace("_", "-") for k, v in target_flags.items() if v is not None]
     if given:
         raise EdgefmError(f"{', '.join(given)} belong to one target; --target auto tries every target with its "
                           "defaults, so name the --target to set them")
@@ -260,7 +222,7 @@ def _compile(artifact, out, options, target, precision, objective, calib, calib_
                             **common)
 
 
-@main.command("compile")
+@main.command("compile", cls=TargetFlagsCommand)
 @click.argument("artifact", type=click.Path())
 @_compile_options
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False))
@@ -269,75 +231,86 @@ def compile_cmd(artifact, out, **kwargs):
     """Compile an exported ARTIFACT for a target and precision, validated against the fp32 export."""
     common, options = _compile_settings(kwargs)
     manifest = _compile(artifact, out, options, **common)
-    if common["target"] == "tensorrt":
-        manifest = _engines_if_possible(Path(out), manifest, common["allow_below_gate"])
+    if common["precision"] != "auto":  # a --precision auto candidate was timed here, so it needs no device step
+        from edgefm import registry
+
+        manifest = registry.target(common["target"]).after_compile(Path(out), manifest, common["allow_below_gate"],
+                                                                   _log)
     _print_table([(out, manifest)])
     _exit_on_gate(manifest)
 
 
-def _engines_if_possible(artifact: Path, manifest, allow_below_gate: bool):
-    """After a TensorRT compile: build the engines here when this is a GPU they are for, else say where and how."""
-    from edgefm.errors import EdgefmError
-    from edgefm.runtimes.tensorrt import this_machine, unavailable_reason
-    from edgefm.targets.tensorrt_plan import build_plan, check_device
-
-    reason = unavailable_reason()
-    try:
-        if not reason:
-            check_device(build_plan(manifest, artifact), this_machine())
-    except EdgefmError as exc:  # e.g. compiled for a Jetson on a workstation: its engines are built there
-        reason = str(exc)
-    if reason:
-        _log(f"graphs and build plan written and validated on the CPU; engines not built here ({reason}). "
-             f"On the GPU that will run them: `edgefm engine {artifact}`")
-        return manifest
-    from edgefm.engine_job import build_engines
-
-    return build_engines(artifact, allow_below_gate=allow_below_gate, log=_log)
-
-
 @main.command()
-@click.argument("artifact", type=click.Path())
-@_shape_options
-@click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write the plan here (default: print it).")
-def plan(artifact, device_profile, shapes, out):
-    """Print the TensorRT build plan of a tensorrt-compiled ARTIFACT: graphs, fp32 pins, profiles, device."""
+def targets():
+    """List deployment targets: their precisions, whether this machine compiles for them and runs what they write."""
+    from rich.table import Table
+
+    from edgefm import registry
+
+    table = Table(title="edgefm targets")
+    for column in ("target", "precisions", "default precision", "compiles here", "runs here"):
+        table.add_column(column)
+    default = registry.default_target().name
+    for name, target in sorted(registry.targets().items()):
+        table.add_row(name + (" (default)" if name == default else ""), ", ".join(p.value for p in target.precisions),
+                      target.default_precision.value, target.available() or "yes", target.cannot_run_here() or "yes")
+    _console(stderr=False).print(table)
+
+
+def _artifact_target(artifact: str):
+    """The target a compiled artifact was built for, from its manifest."""
+    from edgefm import registry
+    from edgefm.errors import ArtifactError
     from edgefm.manifest import Manifest
+
+    manifest = Manifest.load(Path(artifact))
+    built_for = sorted({e.target for e in manifest.components.values() if e.target})
+    if manifest.stage != "compiled" or len(built_for) != 1:
+        raise ArtifactError(f"{artifact} is not an artifact compiled for one target ({manifest.stage}); "
+                            "give one that `edgefm compile` wrote")
+    return registry.target(built_for[0]), manifest
+
+
+@main.command(cls=TargetFlagsCommand, on_device=True)
+@click.argument("artifact", type=click.Path())
+@click.option("-o", "--out", type=click.Path(dir_okay=False), help="Write the plan here (default: print it).")
+def plan(artifact, out, **flags):
+    """Print what the on-device step of a compiled ARTIFACT will build (e.g. engines: graphs, fp32 pins,
+    profiles, device)."""
     from edgefm.staging import check_file_outputs
-    from edgefm.targets.tensorrt_plan import build_plan
 
     check_file_outputs([out], [artifact])
-    derived = build_plan(Manifest.load(Path(artifact)), Path(artifact), device_profile, shapes)
-    text = json.dumps(derived, indent=2) + "\n"
+    target, manifest = _artifact_target(artifact)
+    text = json.dumps(target.on_device_plan(Path(artifact), manifest, flags), indent=2) + "\n"
     if out:
         Path(out).write_text(text)
     else:
         click.echo(text, nl=False)
 
 
-@main.command()
+@main.command(cls=TargetFlagsCommand, on_device=True)
 @click.argument("artifact", type=click.Path())
-@_shape_options
-@click.option("--rebuild", is_flag=True, help="Build anew, past the engine cache, even if the artifact has engines.")
+@click.option("--rebuild", is_flag=True, help="Build anew, past the cache, even if the artifact has been through "
+              "this step.")
 @click.option("--cache", type=click.Path(file_okay=False),
-              help="Engine and timing cache (default $EDGEFM_CACHE/tensorrt or ~/.cache/edgefm/tensorrt).")
+              help="The step's cache (default $EDGEFM_CACHE/TARGET or ~/.cache/edgefm/TARGET).")
 @click.option("--against", type=click.Path(file_okay=False),
-              help="The fp32 export the engines are gated against (default: the one the artifact was compiled from).")
-@click.option("--allow-below-gate", is_flag=True, help="Keep engines below their gates (recorded in the manifest).")
-@click.option("-o", "--out", type=click.Path(file_okay=False), help="Write the engine artifact here (default: in place).")
+              help="The fp32 export the result is gated against (default: the one the artifact was compiled from).")
+@click.option("--allow-below-gate", is_flag=True, help="Keep results below their gates (recorded in the manifest).")
+@click.option("-o", "--out", type=click.Path(file_okay=False), help="Write the new artifact here (default: in place).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
-def engine(artifact, device_profile, shapes, rebuild, cache, against, allow_below_gate, out, overwrite):
-    """Build the TensorRT engines of a tensorrt-compiled ARTIFACT on this GPU and gate them against the fp32 export."""
-    from edgefm.engine_job import build_engines
-
-    manifest = build_engines(Path(artifact), Path(out) if out else None, device_profile, shapes, rebuild,
-                             Path(cache) if cache else None, Path(against) if against else None, allow_below_gate,
-                             overwrite, log=_log)
+def engine(artifact, rebuild, cache, against, allow_below_gate, out, overwrite, **flags):
+    """Run the on-device step of a compiled ARTIFACT on the device that will run it (e.g. build its engines on
+    this GPU), gated against the fp32 export."""
+    target, _ = _artifact_target(artifact)
+    manifest = target.on_device(Path(artifact), Path(out) if out else None, flags, rebuild,
+                                Path(cache) if cache else None, Path(against) if against else None, allow_below_gate,
+                                overwrite, _log)
     _print_table([(out or artifact, manifest)])
     _exit_on_gate(manifest)
 
 
-@main.command()
+@main.command(cls=TargetFlagsCommand)
 @click.argument("family")
 @_export_options
 @_compile_options
@@ -479,18 +452,22 @@ def _box(ctx, param, value):
 
 @main.command()
 @click.argument("artifact", type=click.Path())
-@click.option("--prompt", help="sd15/sdxl: text to draw (writes one PNG to -o).")
-@click.option("--negative-prompt", help="sd15/sdxl: what to steer away from (classifier-free guidance).")
+@click.option("--prompt", help="Text-to-image: text to draw (writes one PNG to -o).")
+@click.option("--negative-prompt", help="Text-to-image: what to steer away from (classifier-free guidance).")
 @click.option("--steps", type=click.IntRange(min=1),
-              help="sd15/sdxl: denoising steps (default: the artifact's, e.g. 30; turbo 1).")
-@click.option("--guidance", type=float, callback=_finite, help="sd15/sdxl: guidance scale; <= 1 turns guidance off.")
+              help="Text-to-image: denoising steps (default: the artifact's, e.g. 30; turbo 1).")
+@click.option("--guidance", type=float, callback=_finite,
+              help="Text-to-image: guidance scale; <= 1 turns guidance off.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
-              help="sd15/sdxl: noise seed; a seed reproduces its image.")
-@click.option("--height", type=click.IntRange(min=1), help="sd15/sdxl: image height in pixels (default: the model's).")
-@click.option("--width", type=click.IntRange(min=1), help="sd15/sdxl: image width in pixels (default: the model's).")
-@click.option("--scheduler", type=click.Choice(["ddim", "euler", "lcm"]), help="sd15/sdxl (default: the checkpoint's).")
+              help="Text-to-image: noise seed; a seed reproduces its image.")
+@click.option("--height", type=click.IntRange(min=1),
+              help="Text-to-image: image height in pixels (default: the model's).")
+@click.option("--width", type=click.IntRange(min=1),
+              help="Text-to-image: image width in pixels (default: the model's).")
+@click.option("--scheduler", type=click.Choice(["ddim", "euler", "lcm"]),
+              help="Text-to-image (default: the checkpoint's).")
 @click.option("--strength", type=click.FloatRange(0, 1, min_open=True), default=0.8, show_default=True,
-              help="sd15/sdxl with --image: how far the image is noised before denoising (0-1].")
+              help="Text-to-image with --image: how far the image is noised before denoising (0-1].")
 @click.option("--image", type=click.Path(dir_okay=False),
               help="Image to segment (SAM 2), or the start image of image-to-image (with --prompt).")
 @click.option("--video", type=click.Path(), help="Directory of frames, or a video file (needs imageio[ffmpeg]).")
@@ -549,22 +526,15 @@ def _text_to_image(artifact, out, **settings):
 @main.command()
 @click.option("-o", "--out", default="edgefm-demo", show_default=True, type=click.Path(file_okay=False))
 def demo(out):
-    """The main job, offline: tiny CLIP, DINOv2, SAM 2 and Stable Diffusion 1.5 -> ONNX -> ONNX Runtime and
-    OpenVINO fp32/fp16/int8/int4, validated and timed, plus pictures of SAM 2's masks and SD's images per precision;
-    CLIP and DINOv2 also -> Core ML fp16/int8/int4 packages (timed on a Mac only) and TensorRT fp16/int8/fp8
-    graphs + build plans (engines are built and timed on an NVIDIA GPU with `edgefm engine`)."""
-    from edgefm.demo import run_demo, sam2_mask_grid, sd_image_grid
+    """The main job, offline: every family's tiny preset -> ONNX -> each target and precision, validated and
+    timed, with pictures of what each precision changes (masks, generated images). Targets whose artifacts run
+    elsewhere (on a Mac, on an NVIDIA GPU) are compiled and gated here and timed where they run."""
+    from edgefm.demo import demo_pictures, run_demo
 
     rows, latencies = run_demo(Path(out), log=_log)
     _print_table(rows, latencies)
-
-    def compiled(family: str) -> list[Path]:
-        return [d for d, m in rows if m.family == family and m.stage == "compiled"]
-
-    picture = sam2_mask_grid(Path(out) / "sam2" / "exported", compiled("sam2"), Path(out) / "sam2" / "masks-by-precision.png")
-    click.echo(f"SAM 2 masks by precision (red: differs from the export's mask): {picture}")
-    picture = sd_image_grid(Path(out) / "sd15" / "exported", compiled("sd15"), Path(out) / "sd15" / "images-by-precision.png")
-    click.echo(f"Stable Diffusion images by precision (PSNR vs the export's image): {picture}")
+    for line in demo_pictures(Path(out), rows):
+        click.echo(line)
     _exit_on_gate(*[m for _, m in rows], strict=True)
 
 

@@ -8,15 +8,22 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from edgefm import registry
+from edgefm.calibration.recipe import CheckContext
+from edgefm.compile_cache import CompileCache
 from edgefm.errors import ArtifactError, EdgefmError, GateError, UnknownChoiceError
 from edgefm.manifest import ComponentEntry, Manifest, sha256_file
 from edgefm.spec import Precision, describe_checks, margin
 from edgefm.staging import staging_dir
 from edgefm.sensitivity import search
 from edgefm.validation import validate_component
+
+if TYPE_CHECKING:
+    from edgefm.calibration.data import CalibrationData
+    from edgefm.calibration.recipe import CalibrationRecipe
+    from edgefm.exporters.base import ModelFamily
 
 
 def available_target(target_name: str):
@@ -60,11 +67,14 @@ def load_exported(artifact: Path) -> Manifest:
 def compile_artifact(artifact: Path, target_name: str, precision: str, out: Path, calib_dir: Path | None = None,
                      calib_size: int | None = None, prompts: Path | None = None, options=None,
                      allow_below_gate: bool = False, overwrite: bool = False,
-                     log: Callable[[str], None] = print) -> Manifest:
+                     log: Callable[[str], None] = print, cache: CompileCache | None = None) -> Manifest:
+    """`cache`: what this compile computes once (the fp32 export's sessions, captured feeds, reference
+    outputs); a new one by default. A caller compiling the same export several times may pass one."""
     from edgefm.calibration.data import load as load_calibration
-    from edgefm.pipeline_check import check_pipeline
+    from edgefm.pipeline_check import compile_and_check_pipeline
     from edgefm.runtimes.loader import open_sessions
 
+    cache = CompileCache() if cache is None else cache
     target, precision = resolve_target(target_name, precision)
     options = options or target.options_class()
     artifact = Path(artifact).resolve()
@@ -72,18 +82,18 @@ def compile_artifact(artifact: Path, target_name: str, precision: str, out: Path
         source = load_exported(artifact)
         target.check_options(options, source)
         family = registry.family(source.family)
-        recipe = registry.family_module("edgefm.calibration", source.family)
+        recipe = family.calibration()
         data = load_calibration(calib_dir, calib_size, prompts)
         if data.note:
             log(data.note)
-        reference = open_sessions(artifact, source)
+        reference = open_sessions(artifact, source, cache)
         context = _Context(target, options, precision, artifact, tmp, recipe, data, reference, source, family,
                            allow_below_gate, log,
                            {"dir": str(Path(calib_dir).resolve()) if calib_dir else None, "size": data.size,
-                            "prompts": str(prompts) if prompts else None})
+                            "prompts": str(prompts) if prompts else None}, cache)
         pipeline = None
         if family.pipeline_gates(precision.value):
-            compiled, pipeline = check_pipeline(context)
+            compiled, pipeline = compile_and_check_pipeline(context)
         else:
             compiled = {name: context.compile_component(name, precision) for name in source.components}
         for entry, files_dir in compiled.values():
@@ -107,14 +117,15 @@ class _Context:
     precision: Precision
     artifact: Path
     out_dir: Path
-    recipe: object
-    data: object
+    recipe: CalibrationRecipe
+    data: CalibrationData
     reference: dict
     source: Manifest
-    family: object
+    family: ModelFamily
     allow_below_gate: bool
     log: Callable[[str], None]
     calibration: dict
+    cache: CompileCache
     # attempt dir -> the session it was gated with, for targets whose files cannot run here (end-to-end checks)
     stand_ins: dict = dataclasses.field(default_factory=dict)
 
@@ -123,13 +134,14 @@ class _Context:
         from edgefm.targets.base import CompileRequest
 
         entry = self.source.components[name]
-        calib_feeds, heldout = self.recipe.feeds(name, self.source, self.artifact, self.data)
+        calib_feeds, heldout = self.recipe.feeds(name, self.source, self.artifact, self.data, self.cache)
         gates = self.family.gates(name, precision.value)
         work = self.out_dir / ".work" / f"{name}-{precision.value}"
 
         def validate(candidate, static: list) -> dict:
-            return validate_component(name, candidate, self.reference, heldout, gates, self.recipe, self.source,
-                                      self.artifact, self.data, static)
+            checked = CheckContext(name, candidate, self.reference, self.source, self.artifact, self.data, gates,
+                                   self.cache)
+            return validate_component(self.recipe, checked, heldout, static)
 
         attempts = []
         for index, scheme in enumerate(self.target.schemes(precision, self.options, entry)):
@@ -137,7 +149,7 @@ class _Context:
             attempt_dir.mkdir(parents=True)
             self.log(f"{name}: {self.target.name} {precision.value} scheme {scheme.name}")
             request = CompileRequest(name, self.artifact / entry.file, entry, precision, scheme, calib_feeds,
-                                     attempt_dir, work)
+                                     attempt_dir, work, self.cache)
             compiled = self._entry(entry, precision, scheme, self.target.compile(request, self.options), attempt_dir)
             static = self.target.static_checks(request, compiled, self.options)
             broken = [c for c in static if not c.passed]
@@ -172,12 +184,9 @@ class _Context:
         validation["allowed_below_gate"] = not validation["passed"]
         validation["attempts"] = [{"scheme": s.name, "passed": v["passed"], "value": v["value"]}
                                   for s, _, _, v, _ in attempts]
-        static_int8 = (precision in (Precision.INT8, Precision.FP8)
-                       and getattr(self.options, "int8_mode", "static") == "static"
-                       and scheme.params.get("activations") != "float")  # int8 weights alone use no calibration
-        static_int8 = static_int8 or scheme.params.get("calibrated", False)  # data-aware weight compression
+        calibrated = self.target.uses_calibration(precision, scheme, self.options)
         return dataclasses.replace(compiled, validation=validation,
-                                   calibration=self.data.record(len(calib_feeds)) if static_int8 else None), attempt_dir
+                                   calibration=self.data.record(len(calib_feeds)) if calibrated else None), attempt_dir
 
     def manifest(self, entries: dict[str, ComponentEntry], pipeline: dict | None = None) -> Manifest:
         return Manifest(
@@ -195,4 +204,5 @@ class _Context:
             target=self.target.name, precision=precision.value, data_files=data_files,
             # the scheme's parameters are what was applied: they win over the target's option of the same name
             options={**entry.options, "compile": {**dataclasses.asdict(self.options), "scheme": scheme.name,
-                                                  **scheme.params}})
+                                                  **scheme.params},
+                     "runtime": self.target.runtime_settings(precision, scheme, self.options)})

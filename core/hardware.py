@@ -12,8 +12,6 @@ ISA_FLAGS = {"AVX2": {"avx2"}, "AVX-512": {"avx512f"}, "VNNI": {"avx512_vnni", "
              "AVX512-BF16": {"avx512_bf16"}, "AMX": {"amx_tile", "amx_int8", "amx_bf16"},
              "NEON": {"asimd", "neon"}}
 # Distributions behind each edgefm runtime module (first one installed wins).
-RUNTIME_PACKAGES = {"onnxruntime": ["onnxruntime", "onnxruntime-gpu"], "openvino": ["openvino"],
-                    "coreml": ["coremltools"], "tensorrt": ["tensorrt", "tensorrt-cu13", "tensorrt-cu12"]}
 
 
 def package_version(*names: str) -> str | None:
@@ -113,12 +111,23 @@ def gemm_ceilings(threads: int | None, size: int = 2048, repeats: int = 8) -> di
                                       f"{torch.get_num_threads()} threads"}
 
 
+def runtime_packages(runtime: str) -> list[str]:
+    """The distributions that may provide a runtime, as its module declares them (`PACKAGES`)."""
+    import importlib
+
+    try:
+        module = importlib.import_module(f"edgefm.runtimes.{runtime}")
+    except ImportError:
+        return [runtime]
+    return list(getattr(module, "PACKAGES", [runtime]))
+
+
 def describe(threads: int | None, runtimes: list[str]) -> dict:
     model = _cpu()[0]
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     libraries = {"edgefm": package_version("edgefm"), "numpy": package_version("numpy")}
     for runtime in sorted(set(runtimes)):
-        libraries[runtime] = package_version(*RUNTIME_PACKAGES.get(runtime, [runtime]))
+        libraries[runtime] = package_version(*runtime_packages(runtime))
     return {"cpu": model, "logical_cores": os.cpu_count(), "cores_available": available,
             "threads_used": threads or f"runtime default (up to {available})",
             "isa": instruction_sets(),

@@ -1,4 +1,7 @@
-"""End-to-end check of a compiled artifact, for families whose task chains several graphs (SAM 2, SD).
+"""Compiling a family whose task chains several graphs (SAM 2, SD) with an end-to-end check of the result.
+
+`compile_and_check_pipeline` compiles every component (through the compile's own per-component ladder) and
+compiles fp32 fallbacks while it checks, so compiling and checking stay in one loop here.
 
 Per-component gates cannot see how errors compound through a pipeline (a decoder's small logit
 error flips mask pixels; memory errors build up frame after frame; UNet errors add up over the
@@ -15,7 +18,7 @@ from edgefm.errors import FeedError, GateError
 from edgefm.spec import Check, Precision, describe_checks, margin, validation_record
 
 
-def check_pipeline(context) -> tuple[dict, dict]:
+def compile_and_check_pipeline(context) -> tuple[dict, dict]:
     """Compile every component, then gate the pipeline -> ({component: (entry, files_dir)}, the manifest's record).
 
     A component that cannot reach its own gate in the asked precision is kept in fp32 too (the
@@ -41,7 +44,7 @@ def check_pipeline(context) -> tuple[dict, dict]:
     def evaluate(chosen: dict) -> dict:
         trial = _load(context, chosen, unavailable)
         try:
-            checks = context.recipe.pipeline_checks(trial, context.artifact, context.data, gates)
+            checks = context.recipe.pipeline_checks(trial, context.artifact, context.data, gates, context.cache)
         except FeedError as exc:  # e.g. a reduced-precision component overflowed: its NaN / Inf reach the next one
             checks = [Check("finite pipeline", 0.0, 1.0, detail={"note": str(exc)})]
         extra = {"measured_with": f"the components' stand-ins ({unavailable})"} if unavailable else {}
@@ -80,7 +83,6 @@ def _load(context, chosen: dict, unavailable: str | None):
     """The artifact of one evaluation: the chosen components' sessions, opened where their files are, and the
     export's assets. Where the target's files cannot run here (Core ML off Apple systems), its sessions are the
     ones each component was gated with (`Target.validation_session`), under the same task pipeline."""
-    from edgefm.registry import family_module
     from edgefm.runtimes.loader import open_component
 
     manifest = context.manifest({name: entry for name, (entry, _) in chosen.items()})
@@ -88,8 +90,7 @@ def _load(context, chosen: dict, unavailable: str | None):
         sessions = {name: context.stand_ins[files_dir] for name, (_, files_dir) in chosen.items()}
     else:
         sessions = {name: open_component(files_dir, entry, name) for name, (entry, files_dir) in chosen.items()}
-    return family_module("edgefm.runtimes.pipelines", manifest.family).ARTIFACT_CLASS(context.artifact, manifest,
-                                                                                      sessions)
+    return context.family.artifact_class()(context.artifact, manifest, sessions)
 
 
 def _attempt(kept_fp32, record: dict) -> dict:

@@ -1,8 +1,10 @@
-"""Discovery of model families, targets, runtimes and calibration recipes.
+"""Discovery of model families and targets.
 
 No central table: a family is a module in edgefm.exporters that defines FAMILY, a target a module in
 edgefm.targets that defines TARGET. Plugins add theirs through the entry-point groups
-`edgefm.families` and `edgefm.targets` (each entry point loads the object itself).
+`edgefm.families` and `edgefm.targets` (each entry point loads the object itself). Everything else a
+family provides is asked of its object (`calibration()`, `artifact_class()`, `gates()`), never found by
+module name.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import importlib
 import pkgutil
 from importlib.metadata import entry_points
 
-from edgefm.errors import UnknownChoiceError
+from edgefm.errors import EdgefmError, UnknownChoiceError
 
 
 def _discover(package: str, attribute: str, group: str) -> dict:
@@ -49,12 +51,10 @@ def target(name: str):
     return found[name]
 
 
-def family_module(package: str, family_name: str):
-    """The per-family module of a stage (edgefm.calibration.<family>, edgefm.runtimes.pipelines.<family>)."""
-    try:
-        return importlib.import_module(f"{package}.{family_name}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{package}.{family_name}":
-            raise
-        raise UnknownChoiceError(f"family in {package}", family_name,
-                                 [m.name for m in pkgutil.iter_modules(importlib.import_module(package).__path__)]) from None
+
+def default_target():
+    """The target `--target` means when not given: the one that says it runs wherever edgefm installs."""
+    chosen = [t for t in targets().values() if t.default]
+    if len(chosen) != 1:
+        raise EdgefmError(f"exactly one target must set default = True; these do: {[t.name for t in chosen]}")
+    return chosen[0]

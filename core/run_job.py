@@ -12,6 +12,8 @@ from edgefm.errors import EdgefmError
 from edgefm.runtimes.preprocess import as_pil
 
 COLORS = np.array([[30, 144, 255], [255, 99, 71], [50, 205, 50], [238, 130, 238], [255, 215, 0]], np.float32)
+# the tasks `edgefm run` does, as families declare them in `ModelFamily.tasks`
+SEGMENT, TEXT_TO_IMAGE = "segment", "text-to-image"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -91,12 +93,15 @@ def _check_outside(out: Path, artifact: Path) -> None:
                           "write outside it")
 
 
-def _sam2(artifact_dir: Path):
+def _artifact_for(artifact_dir: Path, task: str, what: str):
+    """The loaded artifact, when its family declares `task` among its `tasks`; else which families do."""
     import edgefm
+    from edgefm import registry
 
     artifact = edgefm.load(artifact_dir)
-    if artifact.manifest.family != "sam2":
-        raise EdgefmError(f"edgefm run prompts SAM 2 artifacts; {artifact_dir} is {artifact.manifest.family} "
+    if task not in registry.family(artifact.manifest.family).tasks:
+        able = " / ".join(f.title for _, f in sorted(registry.families().items()) if task in f.tasks)
+        raise EdgefmError(f"{what} {able} artifacts; {artifact_dir} is {artifact.manifest.family} "
                           "(use its Python API: edgefm.load(DIR))")
     return artifact
 
@@ -105,7 +110,7 @@ def run_image(artifact_dir: Path, image: Path, points, labels, box, multimask: b
               overwrite: bool = False) -> dict:
     """Segment one image; the overlay shows the highest-scoring mask."""
     check_image_out(out, artifact_dir, image, overwrite)
-    artifact = _sam2(artifact_dir)
+    artifact = _artifact_for(artifact_dir, SEGMENT, "edgefm run prompts")
     picture = as_pil(image)
     artifact.set_image(picture)
     prediction = artifact.predict(points=points or None, labels=labels or None, box=box, multimask=multimask)
@@ -136,7 +141,7 @@ def run_video(artifact_dir: Path, source: Path, points, labels, box, out: Path,
               log: Callable[[str], None] = print, overwrite: bool = False) -> dict:
     """Prompt object 1 on the first frame, track it through the rest; one overlay PNG per frame in `out`."""
     check_frames_out(out, artifact_dir, source, overwrite)
-    artifact = _sam2(artifact_dir)
+    artifact = _artifact_for(artifact_dir, SEGMENT, "edgefm run prompts")
     tracker = artifact.video_tracker()
     seconds, count, visible = 0.0, 0, 0
     for index, frame in enumerate(video_frames(Path(source))):
@@ -160,13 +165,10 @@ def run_text_to_image(artifact_dir: Path, out: Path, prompt: str, negative_promp
                       image: Path | None = None, strength: float = 0.8,
                       progress: Callable[[int, int], None] | None = None, overwrite: bool = False) -> dict:
     """Draw one image with a Stable Diffusion artifact (image to image when `image` is given); write it to `out`."""
-    import edgefm
-    from edgefm.runtimes.diffusion import to_pil
+    from edgefm.runtimes.pipelines.diffusion import to_pil
 
     check_image_out(out, artifact_dir, image, overwrite)
-    artifact = edgefm.load(artifact_dir)
-    if not hasattr(artifact, "generate"):
-        raise EdgefmError(f"--prompt draws with sd15 / sdxl artifacts; {artifact_dir} is {artifact.manifest.family}")
+    artifact = _artifact_for(artifact_dir, TEXT_TO_IMAGE, "--prompt draws with")
     settings = {**artifact.settings(steps, guidance, scheduler), "height": height, "width": width, "seed": seed}
     ran = []
 

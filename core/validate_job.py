@@ -40,6 +40,8 @@ def recorded_parent(artifact: Path, manifest: Manifest) -> Path:
 
 def _against_artifact(artifact: Path, manifest: Manifest, reference_dir: Path, calib_dir, log) -> Manifest:
     from edgefm.calibration.data import load as load_calibration
+    from edgefm.calibration.recipe import CheckContext
+    from edgefm.compile_cache import CompileCache
     from edgefm.runtimes.loader import load, open_sessions
     from edgefm.spec import validation_record
     from edgefm.validation import validate_component
@@ -54,21 +56,22 @@ def _against_artifact(artifact: Path, manifest: Manifest, reference_dir: Path, c
     recorded = (manifest.parent or {}).get("calibration", {})
     data = load_calibration(calib_dir or recorded.get("dir"), recorded.get("size"), recorded.get("prompts"))
     family = registry.family(manifest.family)
-    recipe = registry.family_module("edgefm.calibration", manifest.family)
-    references = open_sessions(reference_dir, reference)
-    candidates = open_sessions(artifact, manifest)
+    recipe = family.calibration()
+    cache = CompileCache()  # this check's: the export's and the artifact's sessions, captured feeds
+    references = open_sessions(reference_dir, reference, cache)
+    candidates = open_sessions(artifact, manifest, cache)
     entries = {}
     for name, entry in manifest.components.items():
         log(f"validating {name} against {reference_dir}")
-        _, heldout = recipe.feeds(name, reference, reference_dir, data)
-        validation = validate_component(name, candidates[name], references, heldout,
-                                        family.gates(name, entry.precision), recipe, reference, reference_dir, data)
-        entries[name] = dataclasses.replace(entry, validation=validation)
+        _, heldout = recipe.feeds(name, reference, reference_dir, data, cache)
+        checked = CheckContext(name, candidates[name], references, reference, reference_dir, data,
+                               family.gates(name, entry.precision), cache)
+        entries[name] = dataclasses.replace(entry, validation=validate_component(recipe, checked, heldout))
     pipeline = manifest.pipeline_validation
     if pipeline:
         log(f"validating the {manifest.family} pipeline end to end against {reference_dir}")
-        checks = recipe.pipeline_checks(load(artifact), reference_dir, data,
-                                        family.pipeline_gates(pipeline["precision"]))
+        checks = recipe.pipeline_checks(load(artifact, cache=cache), reference_dir, data,
+                                        family.pipeline_gates(pipeline["precision"]), cache)
         pipeline = {**validation_record(checks, pipeline["reference"], pipeline["inputs"]),
                     "precision": pipeline["precision"], "kept_fp32": pipeline["kept_fp32"]}
     return dataclasses.replace(manifest, components=entries, pipeline_validation=pipeline)

@@ -1,10 +1,15 @@
 """Compare a compiled component with its fp32 reference on held-out real inputs."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from edgefm.compare import cosine_rows
 from edgefm.spec import Check, validation_record
+
+if TYPE_CHECKING:
+    from edgefm.calibration.recipe import CalibrationRecipe, CheckContext
 
 
 def compare_outputs(candidate, reference, feeds: list[dict], gate: float) -> Check:
@@ -19,11 +24,12 @@ def compare_outputs(candidate, reference, feeds: list[dict], gate: float) -> Che
     return Check("cosine", min(d["mean"] for d in detail.values()), gate, detail={"outputs": detail})
 
 
-def validate_component(name: str, candidate, reference: dict, heldout_feeds: list[dict], gates: dict,
-                       recipe, manifest, directory, data, static_checks: list | None = None) -> dict:
-    """`candidate` is the compiled session, or a stand-in that says what it measured (`measured_with`)."""
-    checks = [compare_outputs(candidate, reference[name], heldout_feeds, gates["cosine"])]
-    checks += recipe.extra_checks(name, candidate, reference, manifest, directory, data, gates)
-    extra = {"measured_with": candidate.measured_with} if getattr(candidate, "measured_with", None) else {}
+def validate_component(recipe: CalibrationRecipe, ctx: CheckContext, heldout_feeds: list[dict],
+                       static_checks: list | None = None) -> dict:
+    """The validation record of `ctx.candidate`: output cosine on `heldout_feeds` plus the recipe's task checks.
+    The candidate is the compiled session, or a stand-in that says what it measured (`Session.measured_with`)."""
+    checks = [compare_outputs(ctx.candidate, ctx.reference[ctx.component], heldout_feeds, ctx.gates["cosine"])]
+    checks += recipe.extra_checks(ctx)
+    extra = {"measured_with": ctx.candidate.measured_with} if ctx.candidate.measured_with else {}
     return validation_record(checks + list(static_checks or []), reference="fp32 export (ONNX Runtime)",
-                             inputs=f"held-out {data.source}", **extra)
+                             inputs=f"held-out {ctx.data.source}", **extra)

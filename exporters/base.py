@@ -5,12 +5,17 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from edgefm.errors import EdgefmError, UnknownChoiceError
+from edgefm.gates import gates_for
 from edgefm.spec import TensorSpec
+
+if TYPE_CHECKING:
+    from edgefm.calibration.recipe import CalibrationRecipe
+    from edgefm.runtimes.loader import Artifact
 
 
 @dataclass(frozen=True)
@@ -88,11 +93,24 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # what the Hug
 
 class ModelFamily:
     name: str = ""
+    title: str = ""  # how people write it ("SAM 2"), in messages
     description: str = ""
+    tasks: tuple[str, ...] = ()  # what `edgefm run` does with its artifacts (edgefm.run_job: segment, text-to-image)
+    # `edgefm demo`: the variant it exports (None: not in the demo), and whether targets whose artifacts run
+    # elsewhere are compiled for it too (two families keep the demo short)
+    demo_variant: str | None = None
+    demo_on_every_target: bool = False
     variants: dict[str, Variant] = {}
     component_names: tuple[str, ...] = ()
     supports_resolution: bool = False
     supports_lora: bool = False
+    # Accuracy gates, read from the table in edgefm.gates (rows: metrics, columns: precisions). Every metric
+    # named here needs a check in the family's recipe (CalibrationRecipe.extra_checks / pipeline_checks).
+    gate_metrics: tuple[str, ...] = ("cosine",)  # per component, vs the fp32 export
+    component_gate_metrics: dict[str, tuple[str, ...]] = {}  # components whose metrics differ: {component: metrics}
+    gate_overrides: dict[str, dict[str, float]] = {}  # the family's own cells: {metric: {precision: gate}}
+    pipeline_gate_metrics: tuple[str, ...] = ()  # end to end (the recipe's pipeline_checks); () for none
+    pipeline_gate_overrides: dict[str, dict[str, float]] = {}
 
     def resolve(self, model: str | None, variant: str | None, random_weights: bool = False) -> Source:
         if (model is None) == (variant is None):
@@ -131,19 +149,39 @@ class ModelFamily:
         """Write tokenizer / preprocessor files; return the manifest's `task` block."""
         raise NotImplementedError
 
+    def calibration(self) -> CalibrationRecipe:
+        """The family's calibration recipe (edgefm.calibration.recipe.CalibrationRecipe): feeds and task checks.
+        Import its module inside the method: exporting never imports the compile or runtime side."""
+        raise NotImplementedError
+
+    def artifact_class(self) -> type[Artifact]:
+        """The edgefm.runtimes.loader.Artifact subclass with the family's task helpers, what `edgefm.load`
+        returns (imported inside the method, like `calibration`)."""
+        raise NotImplementedError
+
+    def demo_picture(self, exported: Path, compiled: list[Path], out_dir: Path) -> tuple[Path, str] | None:
+        """`edgefm demo`: draw what each compiled artifact changes in the task's output beside the export's;
+        (the picture, its caption), or None for families without one."""
+        return None
+
+    # Concrete: computed from the class attributes above ------------------------------------------
     def gates(self, component: str, precision: str) -> dict[str, float]:
         """Accuracy gates for a compiled component vs the fp32 export: metric -> minimum value, from the
-        table in edgefm.gates (`gates_for(precision, metrics, overrides)`)."""
-        raise NotImplementedError
+        table in edgefm.gates with the family's overrides (`gate_metrics`, `component_gate_metrics`,
+        `gate_overrides`)."""
+        return gates_for(precision, self.component_gate_metrics.get(component, self.gate_metrics), self.gate_overrides)
 
     def keep_fp32(self, manifest, precision: str) -> dict[str, str]:
         """Components a compile in `precision` keeps in fp32 before measuring anything: {component: why}."""
         return {}
 
     def pipeline_gates(self, precision: str) -> dict[str, float]:
-        """Gates of the end-to-end task check of a compiled artifact (its recipe's `pipeline_checks`);
-        empty where the per-component gates already measure what users get."""
-        return {}
+        """Gates of the end-to-end task check of a compiled artifact (its recipe's `pipeline_checks`), from
+        `pipeline_gate_metrics` / `pipeline_gate_overrides`; empty where the per-component gates already
+        measure what users get."""
+        if not self.pipeline_gate_metrics:
+            return {}
+        return gates_for(precision, self.pipeline_gate_metrics, self.pipeline_gate_overrides)
 
 
 def from_pretrained(loader: Callable, source: Source, what: str):

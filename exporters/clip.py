@@ -10,7 +10,6 @@ import numpy as np
 from edgefm.exporters.base import (Component, ExportOptions, LoadedModel, ModelFamily, Source,
                                    Variant, from_pretrained, graph_attention, pil_image_processor, preprocess_config,
                                    weights_sha256)
-from edgefm.gates import gates_for
 from edgefm.spec import TensorSpec
 
 _TEXT_B = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
@@ -84,9 +83,13 @@ def _wrappers(model):
 
 class ClipFamily(ModelFamily):
     name = "clip"
+    title = "CLIP"
+    demo_variant, demo_on_every_target = "tiny", True
     description = "CLIP image and text encoders (projected embeddings, zero-shot classification)"
     variants = VARIANTS
     component_names = ("image_encoder", "text_encoder")
+    # Zero-shot labels and text-to-image retrieval must not change in fp32/fp16; quantized may flip near-ties.
+    gate_metrics = ("cosine", "zero_shot_top1_agreement", "text_to_image_top1_agreement")
 
     def load(self, source: Source, options: ExportOptions) -> LoadedModel:
         import torch
@@ -158,9 +161,15 @@ class ClipFamily(ModelFamily):
                          "pad_id": int(tokenizer.pad_token_id)},
                 "logit_scale": float(math.exp(loaded.model.logit_scale.item()))}
 
-    def gates(self, component: str, precision: str) -> dict[str, float]:
-        # Zero-shot labels and text-to-image retrieval must not change in fp32/fp16; quantized may flip near-ties.
-        return gates_for(precision, ("cosine", "zero_shot_top1_agreement", "text_to_image_top1_agreement"))
+    def calibration(self):
+        from edgefm.calibration.clip import RECIPE
+
+        return RECIPE
+
+    def artifact_class(self):
+        from edgefm.runtimes.pipelines.clip import ClipArtifact
+
+        return ClipArtifact
 
 
 FAMILY = ClipFamily()

@@ -10,7 +10,6 @@ from edgefm.errors import EdgefmError
 from edgefm.exporters.base import (Component, ExportOptions, LoadedModel, ModelFamily, Source,
                                    Variant, from_pretrained, graph_attention, pil_image_processor, preprocess_config,
                                    weights_sha256)
-from edgefm.gates import gates_for
 from edgefm.spec import TensorSpec
 
 PATCH = 14
@@ -71,10 +70,14 @@ def _wrapper(model):
 
 class Dinov2Family(ModelFamily):
     name = "dinov2"
+    title = "DINOv2"
+    demo_variant, demo_on_every_target = "tiny", True
     description = "DINOv2 image features: CLS embedding and patch tokens (fixed or dynamic resolution)"
     variants = VARIANTS
     component_names = ("image_encoder",)
     supports_resolution = True
+    # what users of the features lose: retrieval (CLS nearest neighbours) and dense matching (patches)
+    gate_metrics = ("cosine", "cls_knn_agreement", "patch_match_agreement")
 
     def load(self, source: Source, options: ExportOptions) -> LoadedModel:
         import torch
@@ -155,9 +158,15 @@ class Dinov2Family(ModelFamily):
                 "dynamic_resolution": options.dynamic_resolution,
                 "num_register_tokens": getattr(loaded.model.config, "num_register_tokens", 0)}
 
-    def gates(self, component: str, precision: str) -> dict[str, float]:
-        # what users of the features lose: retrieval (CLS nearest neighbours) and dense matching (patches)
-        return gates_for(precision, ("cosine", "cls_knn_agreement", "patch_match_agreement"))
+    def calibration(self):
+        from edgefm.calibration.dinov2 import RECIPE
+
+        return RECIPE
+
+    def artifact_class(self):
+        from edgefm.runtimes.pipelines.dinov2 import Dinov2Artifact
+
+        return Dinov2Artifact
 
 
 FAMILY = Dinov2Family()

@@ -18,7 +18,6 @@ import numpy as np
 from edgefm.errors import EdgefmError
 from edgefm.exporters.base import (Component, ExportOptions, LoadedModel, ModelFamily, Source,
                                    Variant, from_pretrained, weights_sha256)
-from edgefm.gates import gates_for
 from edgefm.spec import TensorSpec
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -217,9 +216,19 @@ def sizes(config) -> dict:
 
 class Sam2Family(ModelFamily):
     name = "sam2"
+    title = "SAM 2"
+    tasks = ("segment",)
+    demo_variant = "tiny"
     description = "SAM 2.1 promptable segmentation: image encoder, prompt+mask decoder, video memory graphs"
     variants = VARIANTS
     component_names = ("image_encoder", "mask_decoder", "memory_encoder", "memory_attention", "mask_prompt")
+    gate_metrics = ("cosine",)
+    # masks are what users see: thresholded logits must agree (one decoder call; end to end is stricter)
+    component_gate_metrics = {"mask_decoder": ("cosine", "mask_iou")}
+    gate_overrides = {"mask_iou": {"int8": 0.9, "fp8": 0.9, "int4": 0.9}}
+    # mean mask IoU of the compiled image predictor and video tracker vs the fp32 export's, with masks
+    # thresholded at 0 (what users get) and at the fp32 logits' median (a half-full mask in every case)
+    pipeline_gate_metrics = ("mask_iou", "mask_iou_median")
 
     def load(self, source: Source, options: ExportOptions) -> LoadedModel:
         import torch
@@ -360,16 +369,21 @@ class Sam2Family(ModelFamily):
                           "multimask_output_for_tracking": bool(config.multimask_output_for_tracking),
                           "no_object_score": -1024.0, "no_object_pointer": NO_OBJECT_POINTER}}
 
-    def gates(self, component: str, precision: str) -> dict[str, float]:
-        if component != "mask_decoder":
-            return gates_for(precision, ("cosine",))
-        # masks are what users see: thresholded logits must agree (one decoder call; end to end is stricter)
-        return gates_for(precision, ("cosine", "mask_iou"), {"mask_iou": {"int8": 0.9, "fp8": 0.9, "int4": 0.9}})
+    def calibration(self):
+        from edgefm.calibration.sam2 import RECIPE
 
-    def pipeline_gates(self, precision: str) -> dict[str, float]:
-        # mean mask IoU of the compiled image predictor and video tracker vs the fp32 export's, with masks
-        # thresholded at 0 (what users get) and at the fp32 logits' median (a half-full mask in every case)
-        return gates_for(precision, ("mask_iou", "mask_iou_median"))
+        return RECIPE
+
+    def artifact_class(self):
+        from edgefm.runtimes.pipelines.sam2 import Sam2Artifact
+
+        return Sam2Artifact
+
+    def demo_picture(self, exported: Path, compiled: list[Path], out_dir: Path) -> tuple[Path, str]:
+        from edgefm.runtimes.pipelines.pictures import mask_grid
+
+        return (mask_grid(exported, compiled, out_dir / "masks-by-precision.png"),
+                "SAM 2 masks by precision (red: differs from the export's mask)")
 
 
 FAMILY = Sam2Family()

@@ -19,6 +19,8 @@ REAL = dict(text_encoder=CLIP_L_TEXT, unet=dict(sample_size=64, cross_attention_
 
 class StableDiffusion15(DiffusionFamily):
     name = "sd15"
+    title = "Stable Diffusion 1.5"
+    demo_variant = "tiny"
     description = "Stable Diffusion 1.5: CLIP text encoder, UNet, VAE encoder/decoder; numpy text-to-image"
     variants = {v.name: v for v in [
         Variant("v1-5", "stable-diffusion-v1-5/stable-diffusion-v1-5", REAL, "Stable Diffusion 1.5 (512 px)"),

@@ -36,6 +36,7 @@ REAL = dict(
 
 class StableDiffusionXL(DiffusionFamily):
     name = "sdxl"
+    title = "SDXL"
     description = "SDXL: two CLIP text encoders (penultimate states + pooled), UNet with time ids, VAE; numpy text-to-image"
     variants = {v.name: v for v in [
         Variant("base-1.0", "stabilityai/stable-diffusion-xl-base-1.0", REAL, "SDXL base 1.0 (1024 px)"),

@@ -17,7 +17,6 @@ from edgefm.errors import EdgefmError
 from edgefm.exporters.base import (Component, ExportOptions, LoadedModel, ModelFamily, Source,
                                    from_pretrained, weights_sha256)
 from edgefm.exporters.clip import preset_tokenizer
-from edgefm.gates import gates_for
 from edgefm.spec import TensorSpec
 
 CONTEXT = 77  # tokens per prompt: SD pipelines always pad to the text encoder's full context
@@ -49,6 +48,7 @@ def _preset_tokenizer(pad: str | None):
 
 
 class DiffusionFamily(ModelFamily):
+    tasks = ("text-to-image",)
     """What SD 1.5 and SDXL share; subclasses name their text encoders and UNet inputs."""
 
     supports_lora = True
@@ -56,6 +56,11 @@ class DiffusionFamily(ModelFamily):
     text_encoders: tuple[str, ...] = ()
     xl = False
     default_guidance = 7.5
+    # Every output must stay finite (fp16 overflow in the VAE gives NaN images); the image gate is end to end.
+    gate_metrics = ("cosine", "finite")
+    # PSNR (dB) of the final images vs the fp32 export's pipeline, same prompts, seeds and steps (the
+    # artifact's default step count): 35 dB no visible change (fp16); 30 dB close, like a high-quality JPEG.
+    pipeline_gate_metrics = ("psnr",)
 
     # -- loading --------------------------------------------------------------------------------
     def load(self, source: Source, options: ExportOptions) -> LoadedModel:
@@ -247,10 +252,6 @@ class DiffusionFamily(ModelFamily):
                     loaded.extra["pipeline_config"].get("force_zeros_for_empty_prompt", self.xl)),
                 "lora": {"path": str(Path(options.lora).resolve()), "scale": options.lora_scale} if options.lora else None}
 
-    def gates(self, component: str, precision: str) -> dict[str, float]:
-        # Every output must stay finite (fp16 overflow in the VAE gives NaN images); the image gate is end to end.
-        return gates_for(precision, ("cosine", "finite"))
-
     def keep_fp32(self, manifest, precision: str) -> dict[str, str]:
         if precision != "fp16" or not manifest.task["vae_force_upcast"]:
             return {}
@@ -258,10 +259,21 @@ class DiffusionFamily(ModelFamily):
                "diffusers' SDXL pipelines run it in fp32 too; a VAE fixed for fp16 sets force_upcast false")
         return {"vae_encoder": why, "vae_decoder": why}
 
-    def pipeline_gates(self, precision: str) -> dict[str, float]:
-        """PSNR (dB) of the final images vs the fp32 export's pipeline, same prompts, seeds and steps (the
-        artifact's default step count): 35 dB no visible change (fp16); 30 dB close, like a high-quality JPEG."""
-        return gates_for(precision, ("psnr",))
+    def calibration(self):
+        from edgefm.calibration.diffusion import RECIPE
+
+        return RECIPE
+
+    def artifact_class(self):
+        from edgefm.runtimes.pipelines.diffusion import DiffusionArtifact
+
+        return DiffusionArtifact
+
+    def demo_picture(self, exported: Path, compiled: list[Path], out_dir: Path) -> tuple[Path, str]:
+        from edgefm.runtimes.pipelines.pictures import image_grid
+
+        return (image_grid(exported, compiled, out_dir / "images-by-precision.png"),
+                "Stable Diffusion images by precision (PSNR vs the export's image)")
 
 
 def _token_inputs(bos: int, eos: int, pad: int, vocab: int):

@@ -13,7 +13,10 @@ import numpy as np
 
 from edgefm.errors import ArtifactError, FeedError
 from edgefm.manifest import ComponentEntry
-from edgefm.runtimes.session import Session
+from edgefm.runtimes.session import Session, batch_items
+
+# the distributions that may provide this runtime (the hardware block's versions)
+PACKAGES = ["coremltools"]
 
 
 def unavailable_reason() -> str | None:
@@ -44,12 +47,10 @@ def check_package_shapes(name: str, specs, shapes: dict[str, list], feeds: dict[
                                 f"{dim}={wanted}; feed that size, or compile again (without --fixed-shapes for ranges)")
 
 
-def batch_items(specs, feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+def package_items(specs, feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     """One feed per batch item (packages fix batch at 1), token ids as int32 (Core ML has no int64)."""
     feeds = {k: v.astype(np.int32) if v.dtype == np.int64 else v for k, v in feeds.items()}
-    batched = [s.name for s in specs if s.shape and s.shape[0] == "batch"]
-    size = feeds[batched[0]].shape[0] if batched else 1
-    return [{k: v[i:i + 1] if k in batched else v for k, v in feeds.items()} for i in range(size)]
+    return batch_items(specs, feeds)
 
 
 # The oldest macOS that runs each deployment target's ops.
@@ -71,7 +72,7 @@ class CoreMLSession(Session):
         import coremltools as ct
 
         super().__init__(name, entry.inputs, entry.outputs, entry.options.get("dims"))
-        made = entry.options.get("compile", {})
+        made = entry.options.get("runtime") or entry.options.get("compile", {})  # "compile": artifacts before 0.2
         needs = MACOS_FOR.get(made.get("deployment_target", "ios17"), (14, 0))
         have = tuple(int(x) for x in (platform.mac_ver()[0] or "0").split(".")[:2])
         if have < needs:
@@ -84,7 +85,7 @@ class CoreMLSession(Session):
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         check_package_shapes(self.name, self.inputs, self._shapes, feeds)
-        results = [self._model.predict(item) for item in batch_items(self.inputs, feeds)]
+        results = [self._model.predict(item) for item in package_items(self.inputs, feeds)]
         return {s.name: np.concatenate([np.asarray(r[s.name], np.float32) for r in results]) for s in self.outputs}
 
 

@@ -5,11 +5,14 @@ import importlib
 import json
 import weakref
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgefm.errors import ArtifactError, EdgefmError
 from edgefm.manifest import ComponentEntry, Manifest
-from edgefm.registry import family_module
 from edgefm.runtimes.session import Session
+
+if TYPE_CHECKING:
+    from edgefm.compile_cache import CompileCache
 
 
 class Artifact:
@@ -27,25 +30,34 @@ class Artifact:
         return f"<{type(self).__name__} {self.manifest.family} from {self.directory}: {sorted(self.sessions)}>"
 
 
-_OPEN: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+# Sessions someone still holds, by file and options: two `edgefm.load` of one artifact keep one copy of its
+# weights. Weak values: it keeps nothing alive, so nothing in it outlives its last holder; how long a job's
+# sessions live is decided by the job's CompileCache, not here.
+_LIVE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
-def open_component(directory: Path, entry: ComponentEntry, name: str, **session_options) -> Session:
+def open_component(directory: Path, entry: ComponentEntry, name: str, cache: CompileCache | None = None,
+                   **session_options) -> Session:
     """One component's session, through the runtime module its manifest entry names.
 
-    Sessions of runtimes that can share them (ONNX Runtime: `run` is thread-safe) are shared while
-    someone holds them: a compile's reference, its calibration and its end-to-end check each load
-    the fp32 export, which for SD 1.5 would otherwise be 4.7 GB apiece."""
+    Sessions of runtimes that can share them (ONNX Runtime: `run` is thread-safe) are shared while someone
+    holds them; with a `cache` (a job's CompileCache) they are also held by it until the job ends: a compile's
+    reference, its calibration and its end-to-end check each load the fp32 export, which for SD 1.5 would
+    otherwise be 4.7 GB apiece."""
     runtime = runtime_module(entry.runtime, name)
     path = Path(directory) / entry.file
     if not getattr(runtime, "SHARED_SESSIONS", False):
         return _opened(runtime, path, entry, name, session_options)
     key = (str(path.resolve()), tuple(sorted(entry.files().items())), name,
            json.dumps(entry.options, sort_keys=True, default=str), repr(sorted(session_options.items())))
-    session = _OPEN.get(key)
-    if session is None:
-        session = _OPEN[key] = _opened(runtime, path, entry, name, session_options)
-    return session
+
+    def shared() -> Session:
+        session = _LIVE.get(key)
+        if session is None:
+            session = _LIVE[key] = _opened(runtime, path, entry, name, session_options)
+        return session
+
+    return shared() if cache is None else cache.get(("session", *key), shared)
 
 
 def runtime_module(runtime: str, component: str):
@@ -72,13 +84,18 @@ def _opened(runtime, path: Path, entry: ComponentEntry, name: str, session_optio
                             "not written by edgefm: rebuild the artifact") from exc
 
 
-def open_sessions(directory: Path, manifest: Manifest, **session_options) -> dict[str, Session]:
-    return {name: open_component(directory, entry, name, **session_options)
+def open_sessions(directory: Path, manifest: Manifest, cache: CompileCache | None = None,
+                  **session_options) -> dict[str, Session]:
+    return {name: open_component(directory, entry, name, cache, **session_options)
             for name, entry in manifest.components.items()}
 
 
-def load(directory, verify: bool = True, **session_options) -> Artifact:
+def load(directory, verify: bool = True, cache: CompileCache | None = None, **session_options) -> Artifact:
+    """The artifact in `directory` as its family's Artifact class; `cache`: a job's CompileCache to share
+    sessions through (see open_component)."""
+    from edgefm import registry
+
     directory = Path(directory)
     manifest = Manifest.load(directory, verify=verify)
-    pipeline = family_module("edgefm.runtimes.pipelines", manifest.family)
-    return pipeline.ARTIFACT_CLASS(directory, manifest, open_sessions(directory, manifest, **session_options))
+    artifact_class = registry.family(manifest.family).artifact_class()
+    return artifact_class(directory, manifest, open_sessions(directory, manifest, cache, **session_options))

@@ -8,8 +8,12 @@ import numpy as np
 from edgefm.manifest import ComponentEntry
 from edgefm.runtimes.session import Session
 
+# the distributions that may provide this runtime (the hardware block's versions)
+PACKAGES = ["onnxruntime", "onnxruntime-gpu"]
+
 
 ARENA_MAX_MIB = 512
+GRAPH_OPTIMIZATION = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 SHARED_SESSIONS = True  # InferenceSession.run is thread-safe: the loader may hand one session to several loads
 
 
@@ -30,10 +34,9 @@ class OnnxRuntimeSession(Session):
         if memory_arena is None:
             memory_arena = entry.size_mib(Path(path).parent) < ARENA_MAX_MIB
         options.enable_cpu_mem_arena = memory_arena
-        if entry.target == "tensorrt":
-            # graphs written for TensorRT run as written: ORT's QDQ fusions (QLinearConcat, ...) would compute
-            # something else than the engine, and reject the fp16 scales TensorRT reads
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        # a target that needs its graph run as written says so (`options.runtime`, see Target.runtime_settings)
+        level = entry.options.get("runtime", {}).get("graph_optimization", "all")
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION[level])
         self.path = Path(path)
         self._session = ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
         self._output_names = [o.name for o in entry.outputs]

@@ -9,6 +9,9 @@ from edgefm.errors import ArtifactError
 from edgefm.manifest import ComponentEntry
 from edgefm.runtimes.session import Session
 
+# the distributions that may provide this runtime (the hardware block's versions)
+PACKAGES = ["openvino"]
+
 
 def check_device(core, device: str, where: str = "") -> None:
     seen = core.available_devices
@@ -26,7 +29,7 @@ class OpenVinoSession(Session):
             raise ArtifactError(f"{name}: this artifact runs on OpenVINO, which is not installed; "
                                 "pip install 'edgefm[openvino]'") from None
         super().__init__(name, entry.inputs, entry.outputs, entry.options.get("dims"))
-        made = entry.options.get("compile", {})
+        made = entry.options.get("runtime") or entry.options.get("compile", {})  # "compile": artifacts before 0.2
         core = ov.Core()
         self.device = device or made.get("device", "CPU")
         check_device(core, self.device, f"{name}: ")

@@ -22,6 +22,9 @@ class Session:
     """
 
     REENTRANT = True
+    # What the outputs were computed with, when it is not the artifact's own file on its runtime (a stand-in
+    # for a runtime this machine lacks); the compile records it beside the figures.
+    measured_with: str | None = None
 
     def __init__(self, name: str, inputs: list[TensorSpec], outputs: list[TensorSpec], dims: dict | None = None):
         self.name = name
@@ -37,6 +40,15 @@ class Session:
 
     def _run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Give back what the backend holds beyond memory (device buffers); the session is unusable after."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> None:
         if not isinstance(feeds, Mapping):
@@ -113,3 +125,11 @@ class Session:
             else:
                 feeds[spec.name] = np.zeros(shape, spec.dtype)
         return feeds
+
+
+def batch_items(specs: list[TensorSpec], feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """One feed per item of the `batch` axis, for backends whose files fix batch at 1 (they run items in turn
+    and concatenate the outputs); inputs without a batch axis go to every item whole."""
+    batched = [s.name for s in specs if s.shape and s.shape[0] == "batch"]
+    size = feeds[batched[0]].shape[0] if batched else 1
+    return [{k: v[i:i + 1] if k in batched else v for k, v in feeds.items()} for i in range(size)]

@@ -15,6 +15,9 @@ from edgefm.errors import ArtifactError, EdgefmError, FeedError
 from edgefm.manifest import ComponentEntry
 from edgefm.runtimes.session import Session
 
+# the distributions that may provide this runtime (the hardware block's versions)
+PACKAGES = ["tensorrt", "tensorrt-cu13", "tensorrt-cu12"]
+
 INSTALL = "pip install 'edgefm[tensorrt]' on a machine with an NVIDIA GPU and driver"
 
 
@@ -113,9 +116,14 @@ class CudaStream:
     def release(self, graph) -> None:
         self.cudart.cudaGraphExecDestroy(graph)
 
-    def __del__(self):
-        for pointer in getattr(self, "_allocations", []):
+    def free(self) -> None:
+        """Give the device buffers back; safe to call twice (close, then garbage collection)."""
+        allocations, self._allocations = getattr(self, "_allocations", []), []
+        for pointer in allocations:
             self.cudart.cudaFree(pointer)
+
+    def __del__(self):
+        self.free()
 
 
 def engine_mismatch(built: dict, here: dict, artifact: Path, component: str) -> str | None:
@@ -197,6 +205,13 @@ class TensorRTSession(Session):
             self._enqueue()  # one plain run first: TensorRT applies the shape change then, outside the capture
             self._graph = signature, self._stream.capture(self._enqueue)
         self._stream.launch(self._graph[1])
+
+    def close(self) -> None:
+        """Free the CUDA graph and device buffers now, not when the garbage collector gets to them."""
+        if self._graph is not None:
+            self._stream.release(self._graph[1])
+            self._graph = None
+        self._stream.free()
 
     def _check_profile(self, name: str, shape: tuple) -> None:
         low, _, high = self._limits[name]

@@ -5,11 +5,42 @@ compiled graph passes the accuracy gates; each later rung keeps more of the grap
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
+from edgefm.compile_cache import CompileCache
 from edgefm.manifest import ComponentEntry
 from edgefm.spec import Precision
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How one field of a target's options dataclass appears on the command line: the CLI builds its target
+    flags from these (`edgefm compile` / `build`, and `edgefm engine` / `plan` for `on_device` ones)."""
+
+    help: str
+    kind: type = str  # str, int, float, or bool for a switch
+    choices: tuple = ()
+    minimum: int | None = None  # for int flags
+    multiple: bool = False  # repeatable; the values arrive as a tuple
+    name: str | None = None  # the flag when it is not --<field-name>
+    precisions: tuple[str, ...] = ()  # the precisions it changes (empty: all), shown in the help
+    on_device: bool = False  # also taken by the on-device step (`edgefm engine`) and its plan (`edgefm plan`)
+
+    def flag_name(self, field_name: str) -> str:
+        return self.name or "--" + field_name.replace("_", "-")
+
+
+def option(default, help: str, **flag):
+    """A field of a target's options dataclass with its command-line flag (see Flag)."""
+    return field(default=default, metadata={"flag": Flag(help, **flag)})
+
+
+def flag_fields(options_class) -> dict[str, Flag]:
+    """{field name: Flag} of the options a target shows on the command line."""
+    return {f.name: f.metadata["flag"] for f in dataclasses.fields(options_class) if "flag" in f.metadata}
 
 
 @dataclass(frozen=True)
@@ -30,6 +61,7 @@ class CompileRequest:
     calibration_feeds: list[dict]  # batch-1 feeds from the calibration split
     out_dir: Path
     work_dir: Path  # scratch space shared by the attempts of one component
+    cache: CompileCache = field(default_factory=CompileCache)  # the job's: what a target computes once per compile
 
 
 def first_and_last(names: list[str]) -> list[str]:
@@ -42,8 +74,13 @@ class Target:
     runtime: str = ""  # the edgefm.runtimes module that loads what this target writes
     precisions: tuple[Precision, ...] = ()
     default_precision: Precision = Precision.FP32  # what `--precision` means when not given
-    options_class: type = object
+    options_class: type = object  # a dataclass; fields made with `option(...)` become command-line flags
     requires: tuple[str, ...] = ()  # modules compiling needs (all in the `build` extra)
+    default: bool = False  # what `--target` means when not given (one target: the one every install runs)
+    # `edgefm demo`: the precisions it compiles for this target, and whether for every demo family (targets
+    # whose artifacts run elsewhere show a few precisions of the families marked `demo_on_every_target`)
+    demo_precisions: tuple[str, ...] = ()
+    demo_every_family: bool = False
 
     def available(self) -> str | None:
         """None when this machine can compile for the target, else the reason it cannot."""
@@ -55,6 +92,18 @@ class Target:
             except ImportError as exc:
                 return f"{exc.name} is not installed (pip install 'edgefm[build]')"
         return None
+
+    def uses_calibration(self, precision: Precision, scheme: Scheme, options) -> bool:
+        """Whether the kept scheme computed anything from the calibration feeds (then the manifest records the
+        calibration data): int8 / fp8 with calibrated activation ranges, or a scheme that says `calibrated`."""
+        if scheme.params.get("calibrated", False):
+            return True
+        return precision in (Precision.INT8, Precision.FP8) and scheme.params.get("activations") != "float"
+
+    def runtime_settings(self, precision: Precision, scheme: Scheme, options) -> dict:
+        """How the runtime must run the written file to compute what was validated (compute precision, device,
+        graph optimizations), stored as the entry's `options.runtime` and read by the runtime module."""
+        return {}
 
     def check_options(self, options, source) -> None:
         """Refuse, before any work, options that do not fit the exported artifact (`source`, its Manifest)."""
@@ -95,3 +144,23 @@ class Target:
     def artifact_files(self, manifest, directory: Path) -> dict[str, str]:
         """Files the target adds to a compiled artifact beside its components (name -> text), as assets."""
         return {}
+
+    # -- the optional on-device step: what only the device that will run the artifact can do ------------------
+    def after_compile(self, artifact: Path, manifest, allow_below_gate: bool, log: Callable[[str], None]):
+        """Right after a compile: run the on-device step when this machine is the device, else log where and how;
+        return the artifact's manifest."""
+        return manifest
+
+    def on_device(self, artifact: Path, out: Path | None, flags: dict, rebuild: bool, cache: Path | None,
+                  against: Path | None, allow_below_gate: bool, overwrite: bool, log: Callable[[str], None]):
+        """`edgefm engine`: finish a compiled artifact on the device that will run it (in place, or into `out`),
+        gated against the fp32 export there; `flags` holds the values of the options marked `on_device`."""
+        from edgefm.errors import EdgefmError
+
+        raise EdgefmError(f"{self.name} artifacts have no on-device step: they run as compiled")
+
+    def on_device_plan(self, artifact: Path, manifest, flags: dict) -> dict:
+        """`edgefm plan`: what the on-device step will build, as JSON-ready data."""
+        from edgefm.errors import EdgefmError
+
+        raise EdgefmError(f"{self.name} artifacts have no on-device step, so no plan: they run as compiled")

@@ -14,7 +14,6 @@ are ranged unless `fixed_shapes` pins them to the manifest's defaults.
 """
 from __future__ import annotations
 
-import functools
 import inspect
 import json
 import shutil
@@ -26,7 +25,7 @@ import numpy as np
 from edgefm.errors import EdgefmError, UnknownChoiceError
 from edgefm.manifest import ComponentEntry, sha256_file
 from edgefm.spec import Precision, dim_range
-from edgefm.targets.base import CompileRequest, Scheme, Target
+from edgefm.targets.base import CompileRequest, Scheme, Target, option
 
 DEPLOYMENT_TARGETS = ("ios17", "macos14", "ios18", "macos15")
 COMPUTE_UNITS = ("ALL", "CPU_AND_NE", "CPU_AND_GPU", "CPU_ONLY")
@@ -35,13 +34,20 @@ STORAGE = {"fp32": "FLOAT32", "fp16": "FLOAT16", "int8": "INT8", "int4": "INT4"}
 
 @dataclass(frozen=True)
 class CoreMLOptions:
-    deployment_target: str | None = None  # ios17 / macos14 by default; ios18 / macos15 for per-block int4
-    compute_units: str = "ALL"  # where Core ML may run it: ALL, CPU_AND_NE, CPU_AND_GPU, CPU_ONLY
-    int4_group_size: int = 32  # weights per int4 scale (per-block quantization)
-    palettize_bits: int | None = None  # int8 / int4: k-means look-up-table weights of this many bits instead
-    fixed_shapes: bool = False  # pin every dynamic dim to its default (the Neural Engine prefers fixed shapes)
-    chunk_over_mib: float | None = None  # split larger packages in two, as Apple's SD conversion does for iOS
-    int8_activations: bool = False  # int8: also quantize activations, calibrated through Core ML (a Mac only)
+    deployment_target: str | None = option(None, "Oldest OS to run on (default ios17; ios18 for int4 per-block "
+                                                 "weights).", choices=DEPLOYMENT_TARGETS)
+    compute_units: str = option("ALL", "Where Core ML may run the model.", choices=COMPUTE_UNITS)
+    int4_group_size: int = option(32, "Weights per int4 scale.", kind=int, minimum=1,
+                                  precisions=("int4",))  # per-block quantization
+    palettize_bits: int | None = option(None, "Weights as k-means palettized look-up tables of this many bits.",
+                                        kind=int, choices=(4, 6, 8), name="--palettize", precisions=("int8", "int4"))
+    fixed_shapes: bool = option(False, "Pin dynamic sizes to their defaults (what the Neural Engine prefers).",
+                                kind=bool)
+    # as Apple's SD conversion does for iOS
+    chunk_over_mib: float | None = option(None, "Split packages larger than this in two (iOS, e.g. the SD UNet).",
+                                          kind=float)
+    int8_activations: bool = option(False, "Also quantize activations, calibrated through Core ML (on a Mac).",
+                                    kind=bool, precisions=("int8",))
 
     def __post_init__(self):
         if self.deployment_target is not None and self.deployment_target not in DEPLOYMENT_TARGETS:
@@ -79,6 +85,7 @@ class CoreMLTarget(Target):
     precisions = (Precision.FP32, Precision.FP16, Precision.INT8, Precision.INT4)
     default_precision = Precision.FP16  # what the GPU and Neural Engine compute in
     options_class = CoreMLOptions
+    demo_precisions = ("fp16", "int8", "int4")
     requires = ("coremltools", "torch")
 
     def schemes(self, precision: Precision, options: CoreMLOptions, entry=None) -> list[Scheme]:
@@ -117,6 +124,10 @@ class CoreMLTarget(Target):
             ladder.append(int4("affine", finer, False))
         return ladder + [int4("affine", finer, True)]
 
+    def runtime_settings(self, precision: Precision, scheme: Scheme, options: CoreMLOptions) -> dict:
+        return {"deployment_target": scheme.params.get("deployment_target"), "compute_units": options.compute_units,
+                "shapes": scheme.params.get("shapes", {})}
+
     def cannot_run_here(self) -> str | None:
         return runtime_unavailable()
 
@@ -153,11 +164,14 @@ class CoreMLTarget(Target):
     def validation_session(self, request: CompileRequest, entry: ComponentEntry, options):
         if runtime_unavailable() is None:  # on a Mac: the package itself, through Core ML
             return super().validation_session(request, entry, options)
-        from edgefm.targets.coreml_torch import TorchWrapperSession
+        from edgefm.runtimes.torch_session import TorchWrapperSession
 
         params = request.scheme.params
-        return TorchWrapperSession(request.component, _compressed(request), entry, half=params["compute_precision"] == "fp16",
-                                   compressed=params["weights"] != "float")
+        weights = ("the torch wrapper compressed by coremltools.optimize.torch" if params["weights"] != "float"
+                   else "the torch wrapper")
+        return TorchWrapperSession(request.component, _compressed(request), entry,
+                                   half=params["compute_precision"] == "fp16", weights=weights,
+                                   missing="no Core ML runtime here")
 
     def static_checks(self, request: CompileRequest, entry: ComponentEntry, options) -> list:
         from edgefm.targets import coreml_checks
@@ -204,10 +218,10 @@ def _quantize_activations(model, feeds: list[dict], entry: ComponentEntry):
     split to the package's batch of 1 (SD's UNet feeds hold the guided pair)."""
     import coremltools.optimize as cto
 
-    from edgefm.runtimes.coreml import batch_items
+    from edgefm.runtimes.coreml import package_items
 
     config = cto.coreml.OptimizationConfig(global_config=cto.coreml.OpLinearQuantizerConfig(mode="linear_symmetric"))
-    samples = [item for feed in feeds for item in batch_items(entry.inputs, feed)]
+    samples = [item for feed in feeds for item in package_items(entry.inputs, feed)]
     return cto.coreml.experimental.linear_quantize_activations(model, config, samples)
 
 
@@ -218,9 +232,9 @@ def _exported(request: CompileRequest) -> tuple[Path, str]:
 
 
 def _component(request: CompileRequest):
-    from edgefm.targets.coreml_torch import rebuilt_components
+    from edgefm.targets.torch_rebuild import rebuilt_components
 
-    return rebuilt_components(*_exported(request))[request.component]
+    return rebuilt_components(*_exported(request), request.cache)[request.component]
 
 
 def _example(component, sizes: dict[str, int]) -> dict[str, np.ndarray]:
@@ -228,17 +242,17 @@ def _example(component, sizes: dict[str, int]) -> dict[str, np.ndarray]:
     return component.make_inputs(np.random.default_rng(0), sizes)
 
 
-@functools.lru_cache(maxsize=1)  # the compile and its validation use one compressed copy
-def _compressed_cached(artifact: Path, manifest_sha: str, component: str, params_json: str):
-    from edgefm.targets.coreml_torch import compressed_module, rebuilt_components
-
-    return compressed_module(rebuilt_components(artifact, manifest_sha)[component], json.loads(params_json))
-
-
 def _compressed(request: CompileRequest):
-    """The component's wrapper with its scheme's weight compression (cached: compile, gate and checks share it)."""
-    return _compressed_cached(*_exported(request), request.component,
-                              json.dumps(request.scheme.params, sort_keys=True))
+    """The component's wrapper with its scheme's weight compression. The compile, its gate and its checks share
+    one copy; the job's cache holds one at a time (a compressed SD UNet is a whole model)."""
+    from edgefm.targets.coreml_torch import compressed_module
+
+    key = (*_exported(request), request.component, json.dumps(request.scheme.params, sort_keys=True))
+    held = request.cache.get(("coreml compressed wrapper",), dict)
+    if held.get("key") != key:
+        held.clear()
+        held.update(key=key, module=compressed_module(_component(request), request.scheme.params))
+    return held["module"]
 
 
 def _shapes(entry: ComponentEntry, options: CoreMLOptions) -> dict[str, list]:

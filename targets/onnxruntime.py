@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edgefm.errors import EdgefmError
 from edgefm.spec import Precision
-from edgefm.targets.base import CompileRequest, Scheme, Target, first_and_last
+from edgefm.targets.base import CompileRequest, Scheme, Target, first_and_last, option
 
 MATMUL_CONV = ["MatMul", "Gemm", "Conv"]
 # fp16 fallbacks: normalisation and softmax overflow or lose precision first in ViTs.
@@ -24,8 +24,10 @@ FP16_SENSITIVE_MORE = FP16_SENSITIVE + ["Gelu", "BiasGelu", "QuickGelu", "FastGe
 
 @dataclass(frozen=True)
 class OnnxRuntimeOptions:
-    int8_mode: str = "static"  # "static" (QDQ, calibrated) or "dynamic" (activations quantized at run time)
-    int4_group_size: int = 32  # weights per quantization block for MatMulNBits (16, 32, 64, 128, ...)
+    int8_mode: str = option("static", "static (calibrated QDQ) or dynamic (activations quantized at run time).",
+                            choices=("static", "dynamic"), precisions=("int8",))
+    int4_group_size: int = option(32, "Weights per int4 scale.", kind=int, minimum=1,
+                                  precisions=("int4",))  # the block of MatMulNBits
     int4_accuracy_level: int = 4  # MatMulNBits compute type: 4 = int8 (same accuracy, faster on CPUs), 0 = fp32
     fuse: bool = True  # ONNX Runtime transformer fusions (SkipLayerNorm, BiasGelu, ...)
 
@@ -112,7 +114,14 @@ class OnnxRuntimeTarget(Target):
     runtime = "onnxruntime"
     precisions = (Precision.FP32, Precision.FP16, Precision.INT8, Precision.INT4)
     options_class = OnnxRuntimeOptions
+    default = True  # onnxruntime is a runtime dependency: its artifacts run wherever edgefm installs
+    demo_precisions = ("fp32", "fp16", "int8", "int4")
+    demo_every_family = True
     requires = ("onnx", "onnxruntime.quantization")
+
+    def uses_calibration(self, precision: Precision, scheme: Scheme, options: OnnxRuntimeOptions) -> bool:
+        dynamic = precision is Precision.INT8 and options.int8_mode == "dynamic"  # ranges taken at run time
+        return not dynamic and super().uses_calibration(precision, scheme, options)
 
     def schemes(self, precision: Precision, options: OnnxRuntimeOptions, entry=None) -> list[Scheme]:
         if precision is Precision.FP32:

@@ -14,16 +14,19 @@ from dataclasses import dataclass
 
 from edgefm.errors import EdgefmError
 from edgefm.spec import Precision
-from edgefm.targets.base import CompileRequest, Scheme, Target, first_and_last
+from edgefm.targets.base import CompileRequest, Scheme, Target, first_and_last, option
 
 QUANTIZABLE = ("MatMul", "Convolution")
 
 
 @dataclass(frozen=True)
 class OpenVinoOptions:
-    device: str = "CPU"  # where the artifact is validated and, by default, runs: CPU, GPU, NPU
-    int4_group_size: int = 32  # weights per int4 scale; layers whose width it does not divide get a smaller one
-    int4_ratio: float = 1.0  # share of the linear layers in int4; the rest stay int8
+    device: str = option("CPU", "Where the artifact is validated and runs: CPU, GPU or NPU, as OpenVINO lists them.")
+    # layers whose width the group does not divide get a smaller one
+    int4_group_size: int = option(32, "Weights per int4 scale.", kind=int, minimum=1,
+                                  precisions=("int4",))
+    int4_ratio: float = option(1.0, "Share of linear layers in int4; the rest stay int8.", kind=float,
+                               precisions=("int4",))
 
     def __post_init__(self):
         group = self.int4_group_size
@@ -64,7 +67,13 @@ class OpenVinoTarget(Target):
     runtime = "openvino"
     precisions = (Precision.FP32, Precision.FP16, Precision.INT8, Precision.INT4)
     options_class = OpenVinoOptions
+    demo_precisions = ("fp32", "fp16", "int8", "int4")
+    demo_every_family = True
     requires = ("openvino", "nncf")
+
+    def runtime_settings(self, precision: Precision, scheme: Scheme, options: OpenVinoOptions) -> dict:
+        return {"device": scheme.params.get("device", options.device),
+                "inference_precision": scheme.params.get("inference_precision")}
 
     def schemes(self, precision: Precision, options: OpenVinoOptions, entry=None) -> list[Scheme]:
         import openvino as ov

@@ -9,16 +9,17 @@ So the graph ONNX Runtime gates here is the program TensorRT builds, layer types
 - int8 / fp8 (e4m3): explicit quantization, symmetric QDQ from ONNX Runtime's static quantizer on the
   matrix products, the rest in fp16 with the same pins.
 - int4: weight-only, block-wise symmetric int4 DequantizeLinear on MatMul weights, the rest in fp16.
-Nothing here imports TensorRT; `edgefm engine` (edgefm.engine_job) builds the engines from the build plan
+Nothing here imports TensorRT; `edgefm engine` (edgefm.targets.tensorrt_device) builds the engines from the build plan
 (edgefm.targets.tensorrt_plan) on the GPU that will run them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from edgefm.errors import EdgefmError
 from edgefm.spec import Precision
-from edgefm.targets.base import CompileRequest, Scheme, Target
+from edgefm.targets.base import CompileRequest, Scheme, Target, option
 from edgefm.targets.onnxruntime import FP16_SENSITIVE, MATMUL_CONV
 from edgefm.targets.tensorrt_plan import (DEVICE_PROFILES, PLAN_FILE, artifact_dims, check_shape_dims,
                                           parse_shape_overrides)
@@ -30,10 +31,15 @@ FP16_DATA_MAX = 512.0
 
 @dataclass(frozen=True)
 class TensorRTOptions:
-    device_profile: str = "generic"  # see tensorrt_plan.DEVICE_PROFILES
-    shapes: tuple[str, ...] = ()  # optimization-profile overrides, "dim=min,opt,max"
-    fp16_data_max: float = FP16_DATA_MAX
-    int4_group_size: int = 32  # weights per int4 scale along the input axis (16, 32, 64 or 128)
+    device_profile: str = option("generic", "The GPU the engines are for (generic: the GPU they are built on).",
+                                 choices=tuple(DEVICE_PROFILES), on_device=True)
+    shapes: tuple[str, ...] = option((), "Optimization profile of a dynamic dim, DIM=MIN,OPT,MAX (repeatable), e.g. "
+                                         "batch=1,4,16.", multiple=True, on_device=True)
+    fp16_data_max: float = option(FP16_DATA_MAX, "Activations past this magnitude keep their node in fp32.",
+                                  kind=float)
+    # along the input axis
+    int4_group_size: int = option(32, "Weights per int4 scale.", kind=int, minimum=1,
+                                  precisions=("int4",))
 
     def __post_init__(self):
         if self.device_profile not in DEVICE_PROFILES:
@@ -52,7 +58,44 @@ class TensorRTTarget(Target):
     precisions = (Precision.FP32, Precision.FP16, Precision.INT8, Precision.FP8, Precision.INT4)
     default_precision = Precision.FP16
     options_class = TensorRTOptions
+    demo_precisions = ("fp16", "int8", "fp8")
     requires = ("onnx", "onnxruntime.quantization")
+
+    def runtime_settings(self, precision: Precision, scheme: Scheme, options: TensorRTOptions) -> dict:
+        # run as written on ONNX Runtime: its QDQ fusions (QLinearConcat, ...) would compute something else than
+        # the engine, and reject the fp16 scales TensorRT reads
+        return {"graph_optimization": "basic"}
+
+    def after_compile(self, artifact: Path, manifest, allow_below_gate: bool, log):
+        """Build the engines here when this is a GPU they are for, else say where and how."""
+        from edgefm.runtimes.tensorrt import this_machine, unavailable_reason
+        from edgefm.targets.tensorrt_plan import build_plan, check_device
+
+        reason = unavailable_reason()
+        try:
+            if not reason:
+                check_device(build_plan(manifest, artifact), this_machine())
+        except EdgefmError as exc:  # e.g. compiled for a Jetson on a workstation: its engines are built there
+            reason = str(exc)
+        if reason:
+            log(f"graphs and build plan written and validated on the CPU; engines not built here ({reason}). "
+                f"On the GPU that will run them: `edgefm engine {artifact}`")
+            return manifest
+        from edgefm.targets.tensorrt_device import build_engines
+
+        return build_engines(artifact, allow_below_gate=allow_below_gate, log=log)
+
+    def on_device(self, artifact: Path, out: Path | None, flags: dict, rebuild: bool, cache: Path | None,
+                  against: Path | None, allow_below_gate: bool, overwrite: bool, log):
+        from edgefm.targets.tensorrt_device import build_engines
+
+        return build_engines(artifact, out, flags.get("device_profile"), flags.get("shapes"), rebuild, cache, against,
+                             allow_below_gate, overwrite, log=log)
+
+    def on_device_plan(self, artifact: Path, manifest, flags: dict) -> dict:
+        from edgefm.targets.tensorrt_plan import build_plan
+
+        return build_plan(manifest, artifact, flags.get("device_profile"), flags.get("shapes"))
 
     def cannot_run_here(self) -> str | None:
         return ("TensorRT engines are built, gated and timed on their GPU by `edgefm engine`; compile gates the "

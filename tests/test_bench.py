@@ -174,6 +174,7 @@ def test_auto_records_candidates_that_fail(dinov2_exported, tmp_path, monkeypatc
     assert manifest.selection["chosen"] in ("fp32", "fp16") and by_precision["fp32"]["passed"]
 
 
+@pytest.mark.slow
 def test_target_auto_tries_every_target_that_runs_here(dinov2_exported, tmp_path):
     manifest = compile_auto(dinov2_exported, "auto", tmp_path / "auto", iters=3, log=lambda m: None)
     selection = manifest.selection

@@ -51,6 +51,7 @@ def _spec(package):
     return ct.utils.load_spec(str(package))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp16", "int8", "int4"])
 @pytest.mark.parametrize("family", ["clip", "dinov2", "sam2", "sd15", "sdxl"])
 def test_every_family_converts_with_static_checks(coreml, family, precision):
@@ -76,6 +77,7 @@ def test_every_family_converts_with_static_checks(coreml, family, precision):
         assert "stand-ins" in manifest.pipeline_validation["measured_with"]
 
 
+@pytest.mark.slow
 def test_static_checks_fail_on_wrong_packages(coreml, clip_exported):
     """Negative controls: each static check rejects a package that does not match what was asked."""
     import dataclasses
@@ -167,6 +169,7 @@ def test_dinov2_dynamic_resolution_needs_fixed_shapes(dinov2_dynamic, tmp_path):
     assert Manifest.load(tmp_path / "fixed").components["image_encoder"].options["compile"]["fixed_shapes"]
 
 
+@pytest.mark.slow
 def test_ranged_and_int32_inputs(coreml):
     """SAM 2's point count and memory sizes stay ranged; token ids go in as int32 (the CLIP EOS argmax)."""
     from edgefm.manifest import Manifest
@@ -183,6 +186,7 @@ def test_ranged_and_int32_inputs(coreml):
     assert ct.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(ids.dataType) == "INT32"
 
 
+@pytest.mark.slow
 def test_chunked_unet_keeps_its_interface(sd15_exported, tmp_path):
     from edgefm.compile_job import compile_artifact, target_options
 

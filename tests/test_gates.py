@@ -52,6 +52,7 @@ def strict_int8(monkeypatch, request):
     return request.param
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strict_int8", ["onnxruntime", "openvino"], indirect=True)
 def test_search_keeps_the_fewest_layers_in_float_that_pass(dinov2_exported, tmp_path, strict_int8):
     manifest = compile_artifact(dinov2_exported, strict_int8, "int8", tmp_path / "out", log=lambda _: None)

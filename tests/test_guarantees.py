@@ -491,14 +491,16 @@ def test_checkpoints_that_could_run_code_are_refused_in_one_line(tmp_path):
     assert not any((tmp_path / name).exists() for name in ("o1", "o2", "o3"))
 
 
+@pytest.mark.slow
 def test_non_finite_values_inside_a_pipeline_check_fail_the_trial_not_the_compile(sd15_exported, tmp_path,
                                                                                   monkeypatch):
     """Session.run refuses NaN / Inf feeds; in an end-to-end check that means a component overflowed, which is a
     failed trial (the component goes back to fp32), not an aborted compile."""
-    import edgefm.calibration.sd15 as recipe
+    from edgefm import registry
     from edgefm.compile_job import compile_artifact
     from edgefm.errors import FeedError
 
+    recipe = registry.family("sd15").calibration()
     real = recipe.pipeline_checks
 
     def overflowing_unet(trial, *args):

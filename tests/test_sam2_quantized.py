@@ -19,6 +19,7 @@ def _quiet(_message: str) -> None:
     pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["onnxruntime", "openvino"])
 @pytest.mark.parametrize("precision", ["fp16", "int8", "int4"])
 def test_quantized_pipelines_pass_their_end_to_end_gates(compiled, sam2_exported, photos, target, precision):
@@ -58,6 +59,7 @@ def strict_gates(monkeypatch, compiled):
     return strict, (1 + worst) / 2
 
 
+@pytest.mark.slow
 def test_pipeline_below_gate_keeps_components_in_fp32(sam2_exported, strict_gates, tmp_path):
     from edgefm.compile_job import compile_artifact
 
@@ -76,6 +78,7 @@ def test_pipeline_below_gate_keeps_components_in_fp32(sam2_exported, strict_gate
     assert not (tmp_path / "mixed" / ".work").exists()
 
 
+@pytest.mark.slow
 def test_pipeline_that_cannot_pass_writes_nothing(sam2_exported, strict_gates, tmp_path):
     from edgefm.compile_job import compile_artifact
 
@@ -87,9 +90,10 @@ def test_pipeline_that_cannot_pass_writes_nothing(sam2_exported, strict_gates, t
 
 
 def test_demo_picture_compares_masks_by_precision(sam2_exported, compiled, tmp_path):
-    from edgefm.demo import sam2_mask_grid
+    from edgefm import registry
 
-    path = sam2_mask_grid(sam2_exported, [compiled("sam2", "fp16"), compiled("sam2", "int8")], tmp_path / "grid.png")
+    path, _ = registry.family("sam2").demo_picture(sam2_exported, [compiled("sam2", "fp16"), compiled("sam2", "int8")],
+                                                   tmp_path)
     grid = np.asarray(Image.open(path))
     assert grid.shape == (256, 768, 3)
     first, int8 = grid[20:, :256], grid[20:, 512:]
@@ -97,6 +101,7 @@ def test_demo_picture_compares_masks_by_precision(sam2_exported, compiled, tmp_p
     assert (int8 != first).any()
 
 
+@pytest.mark.slow
 def test_validate_reruns_the_end_to_end_check(compiled):
     from edgefm.validate_job import validate
 
@@ -108,6 +113,7 @@ def test_validate_reruns_the_end_to_end_check(compiled):
         assert mine["metric"] == theirs["metric"] and mine["value"] == pytest.approx(theirs["value"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_component_below_its_own_gate_is_kept_in_fp32(sam2_exported, monkeypatch, tmp_path):
     """A graph that no int8 scheme gets through its gate no longer fails a SAM 2 compile: it stays
     fp32, with the measured reason, and the pipeline is gated with it."""

@@ -165,6 +165,7 @@ def sam2_absent(sam2_tiny, tmp_path_factory):
 OBJECT_SCORE_SHIFT = 0.0604  # tiny model: ~0.0607 on prompted frames, ~0.0603 on tracked ones
 
 
+@pytest.mark.slow
 def test_objects_judged_absent_match_transformers(sam2_absent, photos):
     """Scores <= 0: masks are -1024, pointers become the no-object pointer, memories get the
     occlusion embedding; the tracker must take the same branch as transformers on every frame."""

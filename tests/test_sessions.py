@@ -117,7 +117,7 @@ def test_backends_with_shared_state_declare_it():
     from edgefm.runtimes.onnxruntime import OnnxRuntimeSession
     from edgefm.runtimes.openvino import OpenVinoSession
     from edgefm.runtimes.tensorrt import TensorRTSession
-    from edgefm.targets.coreml_torch import TorchWrapperSession
+    from edgefm.runtimes.torch_session import TorchWrapperSession
 
     assert not any(s.REENTRANT for s in (CoreMLSession, TensorRTSession, TorchWrapperSession))
     assert OnnxRuntimeSession.REENTRANT and OpenVinoSession.REENTRANT

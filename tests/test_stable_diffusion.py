@@ -113,6 +113,7 @@ def test_image_to_image_matches_diffusers(sd15_exported, diffusers_tiny, photos,
     assert not queue and got.shape == ref.shape == (1, 64, 96, 3) and psnr(got, ref) >= PARITY_DB, f"seed {seed}"
 
 
+@pytest.mark.slow
 def test_seeds_reproduce_across_runtimes(sd15_exported, compiled):
     export = edgefm.load(sd15_exported)
     first, again = export.generate("a cat", steps=3, seed=11), export.generate("a cat", steps=3, seed=11)
@@ -274,4 +275,4 @@ def test_cli_prompt_on_another_family_is_refused(clip_exported, tmp_path):
     from edgefm.cli import main
 
     result = CliRunner().invoke(main, ["run", str(clip_exported), "--prompt", "x", "-o", str(tmp_path / "x.png")])
-    assert result.exit_code == 2 and "sd15 / sdxl artifacts" in result.output
+    assert result.exit_code == 2 and "Stable Diffusion 1.5 / SDXL artifacts" in result.output

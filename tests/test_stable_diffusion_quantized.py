@@ -20,6 +20,7 @@ def _quiet(_message: str) -> None:
     pass
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["onnxruntime", "openvino"])
 @pytest.mark.parametrize("precision", ["fp16", "int8", "int4"])
 def test_sd15_images_pass_their_end_to_end_gate(compiled, sd15_exported, target, precision):
@@ -39,6 +40,7 @@ def test_sd15_images_pass_their_end_to_end_gate(compiled, sd15_exported, target,
     assert np.mean(values) >= gate
 
 
+@pytest.mark.slow
 def test_sdxl_fp16_keeps_the_vae_in_fp32_as_its_config_asks(compiled):
     manifest = Manifest.load(compiled("sdxl", "fp16"))
     record = manifest.pipeline_validation
@@ -47,6 +49,7 @@ def test_sdxl_fp16_keeps_the_vae_in_fp32_as_its_config_asks(compiled):
     assert manifest.components["unet"].precision == "fp16" and record["passed"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["onnxruntime", "openvino"])
 def test_sdxl_int8_passes_its_end_to_end_gate(compiled, target):
     record = Manifest.load(compiled("sdxl", "int8", target)).pipeline_validation
@@ -72,6 +75,7 @@ def overflowing_vae_checkpoint(tmp_path_factory, diffusers_tiny):
     return folder
 
 
+@pytest.mark.slow
 def test_fp16_overflow_is_detected_and_the_vae_kept_in_fp32(overflowing_vae_checkpoint, tmp_path):
     from edgefm.compile_job import compile_artifact
     from edgefm.export_job import export

@@ -31,6 +31,7 @@ def _cosine_gate(family: str, component: str, precision: str) -> float:
     return registry.family(family).gates(component, precision)["cosine"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp16", "int8", "fp8", "int4"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_graphs_pass_gates_checks_and_plan(trt, family, precision, request):
@@ -327,7 +328,7 @@ def test_gpu_engine_parity_with_fp32_onnx(trt, family, precision, request, tmp_p
     feeds, with and without CUDA graphs; a second build comes from the engine cache."""
     import edgefm
     from edgefm.compare import cosine_rows
-    from edgefm.engine_job import build_engines
+    from edgefm.targets.tensorrt_device import build_engines
     from edgefm.runtimes.tensorrt import this_machine
     from edgefm.targets.tensorrt_plan import cc_tuple
 
@@ -355,7 +356,7 @@ def test_gpu_engine_parity_with_fp32_onnx(trt, family, precision, request, tmp_p
 @GPU
 def test_gpu_engine_on_other_tensorrt_version_is_refused(trt, tmp_path):
     import edgefm
-    from edgefm.engine_job import build_engines
+    from edgefm.targets.tensorrt_device import build_engines
     from edgefm.manifest import MANIFEST_NAME
 
     build_engines(trt("dinov2", "fp16"), tmp_path / "engines", cache=tmp_path / "cache", log=lambda m: None)

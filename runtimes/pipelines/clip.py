@@ -79,6 +79,3 @@ def _fill(template, labels: list[str]) -> list[str]:
         except (IndexError, KeyError, ValueError):  # other {fields} in it
             pass
     raise FeedError(f"template must be text with {{}} where the label goes, like 'a photo of {{}}.', got {template!r}")
-
-
-ARTIFACT_CLASS = ClipArtifact

@@ -27,6 +27,3 @@ class Dinov2Artifact(Artifact):
         patch = self.manifest.task["patch_size"]
         tokens = outputs["patch_tokens"]
         return tokens.reshape(tokens.shape[0], height // patch, width // patch, tokens.shape[-1])
-
-
-ARTIFACT_CLASS = Dinov2Artifact

@@ -373,6 +373,3 @@ class VideoTracker:
         for i, out in enumerate(outs):
             out["maskmem"] = bf16_round(encoded["maskmem_features"][i:i + 1])
             out["maskmem_pos"] = encoded["maskmem_pos_enc"][i:i + 1]
-
-
-ARTIFACT_CLASS = Sam2Artifact

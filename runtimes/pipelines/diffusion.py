@@ -204,6 +204,3 @@ class DiffusionArtifact(Artifact):
         mean, std = (np.repeat(x, count, 0) for x in (out["latent_mean"], np.exp(0.5 * out["latent_logvar"])))
         sample = mean + std * rng.standard_normal(std.shape, dtype=np.float32)
         return (sample * np.float32(self.task["vae_scaling_factor"])).astype(np.float32)
-
-
-ARTIFACT_CLASS = DiffusionArtifact

@@ -1,4 +1,5 @@
-"""`edgefm engine`: build the TensorRT engines of a TensorRT-compiled artifact on this GPU, from its build plan.
+"""The TensorRT target's on-device step (`edgefm engine`): build the TensorRT engines of a TensorRT-compiled
+artifact on this GPU, from its build plan.
 
 Engines are cached by `tensorrt_plan.engine_cache_key` (graph and external weights sha256, precision,
 profile, build settings, TensorRT version, compute capability) and share a timing cache per TensorRT
