@@ -93,6 +93,7 @@ def test_fp16_overflow_is_detected_and_the_vae_kept_in_fp32(overflowing_vae_chec
     assert np.isfinite(images).all()
 
 
+@pytest.mark.slow
 def test_validate_reruns_the_image_check(compiled):
     from edgefm.validate_job import validate
 
