@@ -140,6 +140,7 @@ def test_choose_keeps_the_best_passing_candidate():
         choose([_candidate("int4", 1.0, 10, passed=False)], "latency")
 
 
+@pytest.mark.slow
 def test_auto_compiles_measures_and_records_every_candidate(dinov2_exported, tmp_path):
     manifest = compile_auto(dinov2_exported, "openvino", tmp_path / "auto", objective="size", iters=5,
                             log=lambda m: None)
@@ -154,6 +155,7 @@ def test_auto_compiles_measures_and_records_every_candidate(dinov2_exported, tmp
     assert Manifest.load(tmp_path / "auto").selection == selection
 
 
+@pytest.mark.slow
 def test_auto_records_candidates_that_fail(dinov2_exported, tmp_path, monkeypatch):
     family, target = registry.family("dinov2"), registry.target("onnxruntime")
     gates = type(family).gates

@@ -86,6 +86,7 @@ def test_int8_dynamic_and_int4_group_size(clip_exported, tmp_path):
     assert sizes == {16} and manifest.components["image_encoder"].validation["passed"]
 
 
+@pytest.mark.slow
 def test_below_gate_fails_unless_allowed(dinov2_exported, tmp_path, monkeypatch):
     family = registry.family("dinov2")
     gates = type(family).gates

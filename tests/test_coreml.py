@@ -116,6 +116,7 @@ def test_int4_and_int8_store_fewer_bytes(coreml):
     assert sizes["int4"] < sizes["int8"] < sizes["fp16"], sizes
 
 
+@pytest.mark.slow
 def test_palettized_weights(coreml):
     from edgefm.manifest import Manifest
 

@@ -119,6 +119,7 @@ def test_dinov2_with_registers_fixed_resolution(tmp_path):
                log=lambda m: None)
 
 
+@pytest.mark.slow
 def test_export_from_local_save_pretrained_dirs(tmp_path):
     clip = registry.family("clip")
     loaded = clip.load(clip.resolve(None, "tiny"), ExportOptions())

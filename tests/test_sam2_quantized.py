@@ -89,6 +89,7 @@ def test_pipeline_that_cannot_pass_writes_nothing(sam2_exported, strict_gates, t
     assert not (tmp_path / "never").exists() and not list(tmp_path.glob(".never*"))
 
 
+@pytest.mark.slow
 def test_demo_picture_compares_masks_by_precision(sam2_exported, compiled, tmp_path):
     from edgefm import registry
 

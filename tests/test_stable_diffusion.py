@@ -202,6 +202,7 @@ def test_lora_that_does_not_match_is_refused(tmp_path):
         registry.family("clip").check_options(ExportOptions(lora=str(tmp_path / "sd15")))
 
 
+@pytest.mark.slow
 def test_large_graphs_export_with_external_data(tmp_path, diffusers_tiny, monkeypatch):
     """Past protobuf's 2 GB a graph keeps its weights in `<name>.onnx.data`; forced here on the tiny VAE decoder."""
     from edgefm.exporters import onnx_export
