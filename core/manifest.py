@@ -67,8 +67,10 @@ def check_schema(data, path: Path) -> None:
     error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
     if error is not None:
         field_path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-        raise ArtifactError(f"{path}: field {field_path}: {error.message[:200]}; this is not a manifest edgefm "
-                            "wrote (rebuild the artifact or fix the field)")
+        # escaped: names in an untrusted manifest may hold line breaks, and the error is one line
+        where = json.dumps(f"{field_path}: {error.message[:200]}", ensure_ascii=False)[1:-1]
+        raise ArtifactError(f"{path}: field {where}; this is not a manifest edgefm wrote (rebuild the artifact or "
+                            "fix the field)")
 
 
 @lru_cache(maxsize=1)

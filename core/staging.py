@@ -116,22 +116,27 @@ def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
 def _claim(out: Path, log: Callable[[str], None]):
     """A lock file next to `out` for the build's lifetime; a dead build's lock and partial folders are cleared."""
     lock = out.with_name(f".{out.name}.edgefm-lock")
-    me = f"{os.getpid()} {socket.gethostname()}"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            break
-        except FileExistsError:
-            owner = lock.read_text(errors="replace").strip()
-            if _alive(owner):
-                raise EdgefmError(f"another edgefm command (pid {owner}) is writing {out}; wait for it to finish or "
-                                  f"choose another output (if it is not running any more, delete {lock})") from None
-            lock.unlink(missing_ok=True)
-    else:
-        raise EdgefmError(f"could not claim {out}: {lock} keeps reappearing; another command is writing it")
+    # The lock appears with its owner already in it (a hard link of a written file): a lock created empty and
+    # written after would, in between, look to a second build like the remains of a crash, and be taken over.
+    mine = lock.with_name(f"{lock.name}.{os.getpid()}")
+    mine.write_text(f"{os.getpid()} {socket.gethostname()}")
     try:
-        os.write(fd, me.encode())
-        os.close(fd)
+        for _ in range(2):
+            try:
+                os.link(mine, lock)
+                break
+            except FileExistsError:
+                owner = lock.read_text(errors="replace").strip()
+                if _alive(owner):
+                    raise EdgefmError(f"another edgefm command (pid {owner}) is writing {out}; wait for it to finish "
+                                      f"or choose another output (if it is not running any more, delete {lock})"
+                                      ) from None
+                lock.unlink(missing_ok=True)
+        else:
+            raise EdgefmError(f"could not claim {out}: {lock} keeps reappearing; another command is writing it")
+    finally:
+        mine.unlink(missing_ok=True)
+    try:
         _remove_leftovers(out, log)
         yield
     finally:
