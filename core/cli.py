@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import sys
 from pathlib import Path
 
 import click
 
 from edgefm import __version__
-from edgefm.cli_flags import TargetFlagsCommand
+from edgefm.cli_flags import TargetFlagsCommand, finite
 
 
 def _console(stderr: bool = True, min_width: int = 120):
@@ -95,12 +94,6 @@ def models():
     _console(stderr=False).print(table)
 
 
-def _finite(ctx, param, value):
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"{value} is not a finite number")
-    return value
-
-
 def _export_options(f):
     f = click.option("--model", help="Hub id or local directory written by save_pretrained().")(f)
     f = click.option("--variant", help="A named variant (see `edgefm models`); `tiny` works offline.")(f)
@@ -113,7 +106,7 @@ def _export_options(f):
     f = click.option("--lora", type=click.Path(exists=True),
                      help="Text-to-image families: LoRA weights (.safetensors file or folder) fused into the UNet "
                           "and text encoders before export.")(f)
-    f = click.option("--lora-scale", type=float, default=1.0, callback=_finite, show_default=True,
+    f = click.option("--lora-scale", type=float, default=1.0, callback=finite, show_default=True,
                      help="Strength of the fused LoRA.")(f)
     return f
 
@@ -456,7 +449,7 @@ def _box(ctx, param, value):
 @click.option("--negative-prompt", help="Text-to-image: what to steer away from (classifier-free guidance).")
 @click.option("--steps", type=click.IntRange(min=1),
               help="Text-to-image: denoising steps (default: the artifact's, e.g. 30; turbo 1).")
-@click.option("--guidance", type=float, callback=_finite,
+@click.option("--guidance", type=float, callback=finite,
               help="Text-to-image: guidance scale; <= 1 turns guidance off.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Text-to-image: noise seed; a seed reproduces its image.")

@@ -14,7 +14,8 @@ import click
 _TYPES = {str: click.STRING, int: click.INT, float: click.FLOAT}
 
 
-def _finite(ctx, param, value):
+def finite(ctx, param, value):
+    """A click callback: float values (one, or a repeated flag's tuple) must be finite."""
     values = value if isinstance(value, tuple) else (value,)
     if any(isinstance(v, float) and not math.isfinite(v) for v in values):
         raise click.BadParameter(f"{value} is not a finite number")
@@ -55,7 +56,7 @@ class TargetFlag:
         elif flag.kind is int and flag.minimum is not None:
             options.update(type=click.IntRange(min=flag.minimum))
         else:
-            options.update(type=_TYPES[flag.kind], callback=_finite if flag.kind is float else None)
+            options.update(type=_TYPES[flag.kind], callback=finite if flag.kind is float else None)
         if flag.multiple:
             options.update(multiple=True, callback=_none_if_empty, default=())
         return click.Option([flag.flag_name(self.field), self.field], **options)

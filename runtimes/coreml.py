@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefm.errors import ArtifactError, FeedError
+from edgefm.errors import ArtifactError
 from edgefm.manifest import ComponentEntry
-from edgefm.runtimes.session import Session, batch_items
+from edgefm.runtimes.session import Session, batch_items, check_built_sizes
 
 # the distributions that may provide this runtime (the hardware block's versions)
 PACKAGES = ["coremltools"]
@@ -35,16 +35,8 @@ def unavailable_reason() -> str | None:
 def check_package_shapes(name: str, specs, shapes: dict[str, list], feeds: dict[str, np.ndarray]) -> None:
     """Sizes the package was built for (`options.compile.shapes`: fixed, or [lower, upper]), checked with a
     message that names the fix; batch is free (the session loops over it)."""
-    for spec in specs:
-        for axis, (dim, built) in enumerate(zip(spec.shape, shapes.get(spec.name, []))):
-            if dim == "batch" or isinstance(dim, int):
-                continue
-            got = feeds[spec.name].shape[axis]
-            low, high = built if isinstance(built, list) else (built, built)
-            if not low <= got <= high:
-                wanted = f"{low}..{high}" if low != high else str(low)
-                raise FeedError(f"{name}: input {spec.name!r} has {dim}={got}, but this Core ML package was built for "
-                                f"{dim}={wanted}; feed that size, or compile again (without --fixed-shapes for ranges)")
+    check_built_sizes(name, specs, shapes, feeds, "this Core ML package",
+                      "feed that size, or compile again (without --fixed-shapes for ranges)")
 
 
 def package_items(specs, feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:

@@ -11,23 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefm.errors import ArtifactError, FeedError
+from edgefm.errors import ArtifactError
 from edgefm.manifest import ComponentEntry
-from edgefm.runtimes.session import Session, batch_items
+from edgefm.runtimes.session import Session, batch_items, check_built_sizes
 
 PACKAGES = ["executorch"]  # the distributions that may provide this runtime (the hardware block's versions)
-
-
-def check_program_shapes(name: str, specs, shapes: dict[str, list], feeds: dict[str, np.ndarray]) -> None:
-    """The sizes the program was built for (`options.runtime.shapes`); batch is free (the session loops)."""
-    for spec in specs:
-        for axis, (dim, built) in enumerate(zip(spec.shape, shapes.get(spec.name, []))):
-            if dim == "batch" or isinstance(dim, int):
-                continue
-            got = feeds[spec.name].shape[axis]
-            if got != built:
-                raise FeedError(f"{name}: input {spec.name!r} has {dim}={got}, but this ExecuTorch program was built "
-                                f"for {dim}={built} (static shapes); feed {dim}={built}")
 
 
 class ExecuTorchSession(Session):
@@ -54,7 +42,8 @@ class ExecuTorchSession(Session):
 
         if self._method is None:
             raise ArtifactError(f"{self.name}: this session is closed; load the artifact again")
-        check_program_shapes(self.name, self.inputs, self._shapes, feeds)
+        check_built_sizes(self.name, self.inputs, self._shapes, feeds, "this ExecuTorch program (static shapes)",
+                          "feed that size")
         results = []
         for item in batch_items(self.inputs, feeds):
             # the program takes the manifest's inputs by position, in the manifest's dtypes (token ids stay int64)

@@ -127,6 +127,23 @@ class Session:
         return feeds
 
 
+def check_built_sizes(name: str, specs: list[TensorSpec], sizes: dict[str, list], feeds: dict[str, np.ndarray],
+                      built: str, fix: str) -> None:
+    """For files built for fixed sizes (or [lower, upper] ranges) per symbolic dim, batch aside (the session
+    loops over it): a feed of another size is refused here, naming the size, before a backend whose own error
+    says less. `built` names the file ("this Core ML package"), `fix` what to do."""
+    for spec in specs:
+        for axis, (dim, made) in enumerate(zip(spec.shape, sizes.get(spec.name, []))):
+            if dim == "batch" or isinstance(dim, int):
+                continue
+            got = feeds[spec.name].shape[axis]
+            low, high = made if isinstance(made, list) else (made, made)
+            if not low <= got <= high:
+                wanted = f"{low}..{high}" if low != high else str(low)
+                raise FeedError(f"{name}: input {spec.name!r} has {dim}={got}, but {built} was built for "
+                                f"{dim}={wanted}; {fix}")
+
+
 def batch_items(specs: list[TensorSpec], feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
     """One feed per item of the `batch` axis, for backends whose files fix batch at 1 (they run items in turn
     and concatenate the outputs); inputs without a batch axis go to every item whole."""
