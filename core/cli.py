@@ -531,6 +531,43 @@ def demo(out):
     _exit_on_gate(*[m for _, m in rows], strict=True)
 
 
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--address", help="The Ray cluster to run on: auto (the one this machine joined with `ray start`) or "
+                                "ray://HOST:PORT. Default: a Ray instance started on this machine for the run.")
+@click.option("-o", "--out", default="matrix-out", show_default=True, type=click.Path(file_okay=False),
+              help="Outputs by key, and report.json / .md / .html with its plots; a re-run builds only what is new.")
+@click.option("--device-kind", "device_kinds", multiple=True, default=("local",), show_default=True,
+              help="Device kinds this machine's own instance offers (repeatable); with --address each worker "
+                   "advertises its own: ray start --resources '{\"edgefm-device:KIND\": 1}'.")
+def matrix(spec, address, out, device_kinds):
+    """Export, compile, validate and benchmark every model x target x precision x device of SPEC (TOML) as Ray
+    tasks; the README's "Matrices on Ray" shows the format and a cluster set-up."""
+    from rich.progress import Progress
+
+    from edgefm.matrix import run_matrix
+    from edgefm.matrix_spec import DEVICE_KIND, load_spec
+
+    bad = [kind for kind in device_kinds if not DEVICE_KIND.fullmatch(kind)]
+    if bad:
+        raise click.BadParameter(f"{bad[0]!r}: letters, digits, . _ - only", param_hint="--device-kind")
+    checked = load_spec(Path(spec))
+    with Progress(console=_console(), transient=True) as progress:
+        task = progress.add_task("starting Ray")
+        report = run_matrix(checked, Path(out), address, tuple(device_kinds),
+                            progress=lambda label, done, total: progress.update(task, description=label,
+                                                                                completed=done, total=total))
+    counts = report["counts"]
+    _console(stderr=False).print(
+        f"{len(report['rows'])} rows; tasks run {counts['tasks_run']}, reused {counts['tasks_reused']}, failed "
+        f"{counts['failed']}, retried {counts['retried']}; report: {Path(out) / 'report.html'} (.md, .json)",
+        highlight=False)
+    for error in report["errors"]:
+        _console().print(f"[bold red]failed:[/bold red] {error}", highlight=False)
+    if report["errors"]:
+        sys.exit(1)
+
+
 def _print_table(rows, latencies=None):
     from edgefm.report import results_table
 

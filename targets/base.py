@@ -81,6 +81,9 @@ class Target:
     # whose artifacts run elsewhere show a few precisions of the families marked `demo_on_every_target`)
     demo_precisions: tuple[str, ...] = ()
     demo_every_family: bool = False
+    # `edgefm matrix`: what the on-device step, validation and benchmark of its artifacts take from a Ray worker
+    # besides its device kind, as Ray resource names and amounts ({"GPU": 1}; CPUs are the matrix's to choose)
+    device_resources: dict = {}
 
     def available(self) -> str | None:
         """None when this machine can compile for the target, else the reason it cannot."""
@@ -158,6 +161,10 @@ class Target:
         from edgefm.errors import EdgefmError
 
         raise EdgefmError(f"{self.name} artifacts have no on-device step: they run as compiled")
+
+    @property
+    def has_on_device_step(self) -> bool:
+        return type(self).on_device is not Target.on_device
 
     def on_device_plan(self, artifact: Path, manifest, flags: dict) -> dict:
         """`edgefm plan`: what the on-device step will build, as JSON-ready data."""

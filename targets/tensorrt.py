@@ -59,6 +59,7 @@ class TensorRTTarget(Target):
     default_precision = Precision.FP16
     options_class = TensorRTOptions
     demo_precisions = ("fp16", "int8", "fp8")
+    device_resources = {"GPU": 1}  # engines are built, gated and timed on the GPU that runs them
     requires = ("onnx", "onnxruntime.quantization")
 
     def runtime_settings(self, precision: Precision, scheme: Scheme, options: TensorRTOptions) -> dict:

@@ -1,0 +1,199 @@
+"""`edgefm matrix` on a local Ray instance the tests start (2 CPUs): rows, a killed worker, re-runs, spec errors."""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from edgefm.cli import main
+from edgefm.errors import ArtifactError
+from edgefm.matrix_spec import SpecError, load_spec
+
+TINY_SPEC = """\
+batch_sizes = [1, 2]
+iters = 3
+warmup = 1
+
+[[model]]
+family = "dinov2"
+variant = "tiny"
+
+[[target]]
+name = "onnxruntime"
+precisions = ["fp32", "int8"]
+
+[[target]]
+name = "openvino"
+precisions = ["fp32"]
+devices = ["local"]
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # as edgefm's own instance: loopback only
+    ray = pytest.importorskip("ray", reason="edgefm matrix needs Ray: pip install 'edgefm[matrix]'")
+    ray.init(num_cpus=2, resources={"edgefm-device:local": 1}, include_dashboard=False,
+             object_store_memory=512 * 2**20, log_to_driver=False)
+    assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
+    yield ray
+    ray.shutdown()
+
+
+def run(spec: Path, out: Path) -> dict:
+    from edgefm.matrix import run_matrix
+
+    return run_matrix(load_spec(spec), out)
+
+
+def kill_first(title: str, killed: list, stop: threading.Event) -> None:
+    """SIGKILL the first worker process seen running `title` for half a second (well into its work), as the OOM
+    killer or a lost node would."""
+    import psutil
+
+    seen = {}
+    while not stop.is_set() and not killed:
+        for process in psutil.process_iter(["cmdline"]):
+            if (process.info["cmdline"] or [""])[0].startswith(title):
+                if time.monotonic() - seen.setdefault(process.pid, time.monotonic()) > 0.5:
+                    os.kill(process.pid, signal.SIGKILL)
+                    killed.append(process.pid)
+                    return
+        time.sleep(0.02)
+
+
+def stored_files(out: Path) -> dict:
+    return {p: p.stat().st_mtime_ns for kind in ("exports", "builds", "devices", "results")
+            for p in (out / kind).rglob("*") if p.is_file()}
+
+
+def test_tiny_spec_survives_a_killed_worker_and_a_rerun_builds_nothing(ray_local, tmp_path):
+    spec = write(tmp_path / "matrix.toml", TINY_SPEC)
+    out = tmp_path / "out"
+    killed, stop = [], threading.Event()
+    killer = threading.Thread(target=kill_first, args=("ray::edgefm-compile", killed, stop))
+    killer.start()
+    try:
+        report = run(spec, out)
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "no compile task was seen running, so none was killed"
+    rows = {(r["target"], r["precision"], r["device"]): r for r in report["rows"]}
+    assert set(rows) == {("onnxruntime", "fp32", "any"), ("onnxruntime", "int8", "any"), ("openvino", "fp32", "local")}
+    for row in rows.values():
+        assert row["status"] == "ok", row["error"]
+        assert row["latency_ms"] > 0 and row["items_per_s"] > 0 and row["size_mib"] > 0 and row["peak_rss_mib"] > 0
+        assert row["task_metric"]["passed"] and row["hardware"]["cpu"] and row["worker"] in report["workers"]
+        assert {b["batch"] for b in row["bench"]} == {1, 2}
+        assert all(stage["built"] for stage in row["stages"].values())
+    assert rows["onnxruntime", "int8", "any"]["size_mib"] < rows["onnxruntime", "fp32", "any"]["size_mib"]
+    assert report["counts"]["retried"] >= 1 and report["counts"]["failed"] == 0 and not report["errors"]
+    for name in ("report.json", "report.md", "report.html", "latency.png"):
+        assert (out / name).stat().st_size > 0
+    html = (out / "report.html").read_text()
+    assert html.count("<tr") >= len(rows) + 1
+
+    before = stored_files(out)
+    builds = {p.name for p in (out / "builds").iterdir() if p.is_dir()}
+    again = run(spec, out)
+    assert again["counts"]["tasks_run"] == 0 and again["counts"]["tasks_reused"] == 1 + 3 + 3 * 2
+    assert stored_files(out) == before, "a re-run rewrote stored outputs"
+    assert [r["status"] for r in again["rows"]] == ["ok"] * 3
+    assert not any(s["built"] for r in again["rows"] for s in r["stages"].values())
+
+    write(spec, TINY_SPEC.replace('precisions = ["fp32"]', 'precisions = ["fp32", "fp16"]'))
+    more = run(spec, out)
+    assert more["counts"]["tasks_run"] == 3  # the new precision's compile, validation and benchmark only
+    assert len({p.name for p in (out / "builds").iterdir() if p.is_dir()} - builds) == 1
+    assert all(stored_files(out)[path] == mtime for path, mtime in before.items())
+
+
+def test_a_device_kind_no_worker_offers_is_refused_with_its_line(ray_local, tmp_path):
+    spec = write(tmp_path / "matrix.toml", TINY_SPEC.replace('devices = ["local"]', 'devices = ["jetson-orin"]'))
+    with pytest.raises(SpecError, match=r"matrix.toml:16: device kind 'jetson-orin' is offered by no worker "
+                                        r"\(workers offer: local\)"):
+        run(spec, tmp_path / "out")
+    assert not (tmp_path / "out" / "exports").exists()
+
+
+def test_a_model_larger_than_every_worker_is_refused_with_its_line(ray_local, tmp_path):
+    spec = write(tmp_path / "matrix.toml", TINY_SPEC.replace('variant = "tiny"\n', 'variant = "tiny"\nmemory_gb = 4096\n'))
+    with pytest.raises(SpecError, match=r"matrix.toml:5: dinov2 tiny needs 4096 GiB"):
+        run(spec, tmp_path / "out")
+
+
+@pytest.mark.parametrize("change, line, message", [
+    (('family = "dinov2"', 'family = "dinov3"'), 6, "unknown family 'dinov3'"),
+    (('variant = "tiny"', 'variant = "huge"'), 7, "unknown dinov2 variant 'huge'"),
+    (('name = "openvino"', 'name = "tensorrtx"'), 14, "unknown target 'tensorrtx'"),
+    (('precisions = ["fp32"]', 'precisions = ["fp64"]'), 15, "target openvino builds no precision 'fp64'"),
+    (('iters = 3', 'iters = 0'), 2, "iters must be an integer >= 1"),
+    (('[[target]]\nname = "onnxruntime"', '[[target]]\nname = "onnxruntime"\ndevice = ["x"]'), 11,
+     "unknown key 'device' in [[target]]"),
+    (('devices = ["local"]', 'devices = ["two words"]'), 16, "devices must be a list of device kinds"),
+    (('devices = ["local"]', 'options = { no_such_option = 1 }'), 16, "options: --no-such-option do(es) not apply"),
+])
+def test_spec_errors_name_their_line(tmp_path, change, line, message):
+    spec = write(tmp_path / "matrix.toml", TINY_SPEC.replace(*change))
+    with pytest.raises(SpecError) as caught:
+        load_spec(spec)
+    assert str(caught.value).startswith(f"{spec}:{line}: ") and message in str(caught.value)
+
+
+def test_the_cli_prints_a_spec_error_on_one_line_before_starting_ray(tmp_path):
+    spec = write(tmp_path / "matrix.toml", TINY_SPEC.replace('"int8"', '"int3"'))
+    result = CliRunner().invoke(main, ["matrix", str(spec), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0 and "matrix.toml:11: target onnxruntime builds no precision 'int3'" \
+        in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_folder_that_is_not_a_matrix_is_refused(tmp_path):
+    from edgefm.errors import EdgefmError
+    from edgefm.matrix_store import Store
+
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(EdgefmError, match="holds files that are not an edgefm matrix's"):
+        Store(tmp_path).claim()
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_an_artifact_tar_cannot_write_outside_its_folder(tmp_path):
+    from edgefm.matrix_tasks import unpack
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        data = b"owned"
+        member = tarfile.TarInfo("../escaped.txt")
+        member.size = len(data)
+        tar.addfile(member, io.BytesIO(data))
+    with pytest.raises(ArtifactError, match="did not unpack"):
+        unpack(buffer.getvalue(), tmp_path / "in")
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_a_tampered_artifact_fails_its_hashes_when_it_arrives(dinov2_exported, tmp_path):
+    import shutil
+
+    from edgefm.matrix_tasks import pack, unpack
+
+    copy = tmp_path / "copy"
+    shutil.copytree(dinov2_exported, copy)
+    onnx_file = next(copy.glob("*.onnx"))
+    onnx_file.write_bytes(onnx_file.read_bytes()[:-1] + b"\0")
+    with pytest.raises(ArtifactError):
+        unpack(pack(copy), tmp_path / "arrived")
