@@ -554,12 +554,16 @@ def matrix(spec, address, out, device_kinds):
     checked = load_spec(Path(spec))
     with Progress(console=_console(), transient=True) as progress:
         task = progress.add_task("starting Ray")
-        report = run_matrix(checked, Path(out), address, tuple(device_kinds),
-                            progress=lambda label, done, total: progress.update(task, description=label,
-                                                                                completed=done, total=total))
+
+        def show(label: str, done: int, total: int, finished: bool) -> None:
+            if finished:  # kept above the bar: one line per task, with where it ran and what it took
+                progress.console.print(label, highlight=False, markup=False)
+            progress.update(task, description=label, completed=done, total=total)
+
+        report = run_matrix(checked, Path(out), address, tuple(device_kinds), progress=show)
     counts = report["counts"]
     _console(stderr=False).print(
-        f"{len(report['rows'])} rows; tasks run {counts['tasks_run']}, reused {counts['tasks_reused']}, failed "
+        f"rows {len(report['rows'])}; tasks run {counts['tasks_run']}, reused {counts['tasks_reused']}, failed "
         f"{counts['failed']}, retried {counts['retried']}; report: {Path(out) / 'report.html'} (.md, .json)",
         highlight=False)
     for error in report["errors"]:

@@ -6,7 +6,8 @@ runs where and what is already done:
   from file sizes until then);
 - the on-device step, validation and benchmark of a target listed with `devices` run on workers advertising
   the Ray resource `edgefm-device:KIND`, plus the target's `device_resources` (a GPU for engines); a benchmark
-  holds every CPU of its worker, so no build shares the machine while it times;
+  holds as many CPUs as the smallest worker of its kind has (all, on equal workers), so no build shares the
+  machine while it times;
 - each task runs in a fresh worker process (max_calls=1), so its measured peak memory is its own;
 - outputs are kept in --out by key (edgefm.matrix_store), so a re-run submits only what is missing.
 """
@@ -21,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from edgefm import registry
+from edgefm import __version__, registry
 from edgefm.errors import EdgefmError
 from edgefm.matrix_spec import MatrixSpec, SpecError
 from edgefm.matrix_store import Store, build_key, digest, export_key, write_json
@@ -122,7 +123,7 @@ class MatrixRun:
     def __init__(self, spec: MatrixSpec, store: Store, nodes: list[Node], progress: Callable | None = None):
         self.spec, self.store, self.nodes, self.progress = spec, store, nodes, progress
         self.run_id = uuid.uuid4().hex[:12]
-        self.pending: dict = {}  # ObjectRef -> (step, on_done)
+        self.pending: dict = {}  # ObjectRef -> (step, label, on_done)
         self.packed: dict = {}  # artifact folder -> ObjectRef of its tar, put once for every task that needs it
         self.built: set[Path] = set()  # outputs this run wrote (the rest were reused)
         self.counts = {"tasks_run": 0, "tasks_reused": 0, "failed": 0, "retried": 0}
@@ -166,13 +167,14 @@ class MatrixRun:
         # the tars go as top-level arguments: Ray resolves those refs into bytes, not refs nested in a dict
         ref = remote.remote(step, {**job, "key": key, "run_id": self.run_id, "runtimes": runtimes}, list(inputs),
                             *[self._put(path) for path in inputs.values()])
-        self.pending[ref] = (step, on_done)
-        self._show(f"started {step} {job.get('label', '')}")
+        self.pending[ref] = (step, job.get("label", ""), on_done)
+        self._show(f"running {step} {job.get('label', '')}")
 
-    def _show(self, label: str) -> None:
+    def _show(self, label: str, finished: bool = False) -> None:
+        """`progress(label, done, total, finished)`: finished=True for a line worth keeping (a task ended)."""
         if self.progress:
             done = self.counts["tasks_run"] + self.counts["failed"]
-            self.progress(label, done, done + len(self.pending))
+            self.progress(label, done, done + len(self.pending), finished)
 
     # --- the graph ------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -272,8 +274,13 @@ class MatrixRun:
         self.built.add(path)
 
     def _failed(self, out: dict, step: str, rows: list[_Row]) -> bool:
-        if out.get("record"):
-            self.counts["retried"] += out["record"]["attempts"] - 1
+        record = out.get("record") or {}
+        if record:
+            self.counts["retried"] += record["attempts"] - 1
+        version = record.get("hardware", {}).get("libraries", {}).get("edgefm")
+        if version and version != __version__ and not out.get("error"):  # its outputs would not match their keys
+            out["error"] = (f"worker {record['node']} runs edgefm {version} and this driver {__version__}; install "
+                            "the same edgefm on every worker")
         if not out.get("error"):
             self.counts["tasks_run"] += 1
             return False
@@ -291,22 +298,38 @@ class MatrixRun:
         import ray
         from ray.exceptions import RayError
 
-        self.start()
         try:
+            self.start()
             while self.pending:
                 (ref,), _ = ray.wait(list(self.pending), num_returns=1)
-                step, on_done = self.pending.pop(ref)
+                step, label, on_done = self.pending.pop(ref)
                 try:
                     out = ray.get(ref)
                 except RayError as exc:  # retries spent, node lost, or a bug: the message's first line says which
                     out = {"error": f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[-1][:300]}"}
                 on_done(out)
-                self._show(f"finished {step}")
+                self._show(_finished_line(step, label, out), finished=True)
         except KeyboardInterrupt:
-            for ref in self.pending:
-                ray.cancel(ref, force=True)
+            self._cancel()
             raise EdgefmError(f"interrupted: {len(self.pending)} unfinished task(s) cancelled; finished outputs are kept "
                               f"in {self.store.out} and running the same matrix again picks up from them") from None
+        except BaseException:  # e.g. an output another program holds: no task may go on unwatched on a cluster
+            self._cancel()
+            raise
+
+    def _cancel(self) -> None:
+        import ray
+
+        for ref in self.pending:
+            ray.cancel(ref, force=True)
+
+
+def _finished_line(step: str, label: str, out: dict) -> str:
+    record = out.get("record") or {}
+    where = (f" ({record['seconds']:.0f} s, peak {record['peak_rss_mib'] or 0:.0f} MiB, {record['node']} "
+             f"{record['worker']})" if record else "")
+    return f"{'failed' if out.get('error') else 'done'} {step} {label}{where}" + (
+        f": {out['error']}" if out.get("error") else "")
 
 
 def _measured(record: dict | None) -> float:

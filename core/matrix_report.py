@@ -173,12 +173,16 @@ def _pareto_plot(model: str, rows: list[dict], path: Path) -> None:
     ax.plot([r["latency_ms"] for r in front], [_metric(r) for r in front], "-o", color="#cf222e", label="Pareto front")
     if rest:
         ax.scatter([r["latency_ms"] for r in rest], [_metric(r) for r in rest], color="#8c8c8c", label="dominated")
-    for r in rows:
-        ax.annotate(_text(f"{r['target']}/{r['precision']}/{r['device']}"), (r["latency_ms"], _metric(r)),
-                    textcoords="offset points", xytext=(4, 4), fontsize=8)
-    metrics = {r["task_metric"]["metric"] for r in rows}
+    several = len({r["task_metric"]["metric"] for r in rows}) > 1  # then each point says which metric it shows
+    stacked: dict = {}  # points at one metric value are labelled one above the other, not on top of each other
+    for r in sorted(rows, key=lambda r: r["latency_ms"]):
+        level = stacked.setdefault(round(_metric(r), 6), 0)
+        stacked[round(_metric(r), 6)] += 1
+        metric = SHORT_METRIC.get(r["task_metric"]["metric"], r["task_metric"]["metric"])
+        ax.annotate(_text(f"{r['target']}/{r['precision']}/{r['device']}" + (f" ({metric})" if several else "")),
+                    (r["latency_ms"], _metric(r)), textcoords="offset points", xytext=(4, 4 + 11 * level), fontsize=8)
     ax.set_xlabel("latency ms (lower is better)")
-    ax.set_ylabel(_text(f"{' / '.join(sorted(metrics))} (higher is better)"))
+    ax.set_ylabel("task metric vs the fp32 export (higher is better)")
     ax.set_title(_text(model))
     ax.legend(fontsize=8)
     ax.margins(0.15)

@@ -28,7 +28,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgefm.errors import EdgefmError
+from edgefm.errors import EdgefmError, UnknownChoiceError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -57,7 +57,8 @@ class ModelSpec:
 
     @property
     def label(self) -> str:
-        return f"{self.family} {self.variant or self.model}" + (" (random weights)" if self.random_weights else "")
+        source = self.variant or (Path(self.model).name if Path(self.model).is_absolute() else self.model)
+        return f"{self.family} {source}" + (" (random weights)" if self.random_weights else "")
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ def load_spec(path: Path) -> MatrixSpec:
     if not isinstance(targets, list) or not targets:
         raise fail(1, "the spec lists no [[target]]; add one: [[target]] name = \"...\"")
     for index, table in enumerate(models):
-        spec.models.append(_model(table, lines.table("model", index), lines, fail))
+        spec.models.append(_model(table, path, lines.table("model", index), lines, fail))
     for index, table in enumerate(targets):
         spec.targets.append(_target(table, default_precisions, lines.table("target", index), lines, fail))
     return spec
@@ -160,22 +161,29 @@ def _positive_ints(data, key, default, line, fail, single=False, minimum=1) -> l
     return values
 
 
-def _model(table: dict, within, lines: _Lines, fail) -> ModelSpec:
+def _named(table: dict, key: str, table_name: str, plugins: dict, within, line, fail):
+    """The family or target a table names, or an error at its line listing the valid names."""
+    if key not in table:
+        raise fail(within[0], f"[[{table_name}]] needs {key} = \"...\" (one of {', '.join(sorted(plugins))})")
+    if table[key] not in plugins:
+        raise fail(line(key), str(UnknownChoiceError(key if key != "name" else table_name, table[key], plugins)))
+    return plugins[table[key]]
+
+
+def _model(table: dict, path: Path, within, lines: _Lines, fail) -> ModelSpec:
     from edgefm import registry
     from edgefm.exporters.base import ExportOptions
 
     line = lambda key: lines.key(key, within)  # noqa: E731
     _unknown_keys(table, MODEL_KEYS, line, fail, "[[model]]")
-    if "family" not in table:
-        raise fail(within[0], f"[[model]] needs family = \"...\" (one of {', '.join(sorted(registry.families()))})")
-    try:
-        family = registry.family(table["family"])
-    except EdgefmError as exc:
-        raise fail(line("family"), str(exc)) from None
+    family = _named(table, "family", "model", registry.families(), within, line, fail)
     memory = table.get("memory_gb")
     if memory is not None and (isinstance(memory, bool) or not isinstance(memory, (int, float)) or memory <= 0):
         raise fail(line("memory_gb"), f"memory_gb must be a positive number of GiB (got {memory!r})")
     resolution = table.get("resolution")
+    if isinstance(table.get("model"), str):  # a folder may be written relative to the spec, or from ~
+        folder = path.parent / Path(table["model"]).expanduser()
+        table = {**table, "model": str(folder.resolve()) if folder.is_dir() else table["model"]}
     try:
         family.check_options(ExportOptions(resolution=resolution))
         family.resolve(table.get("model"), table.get("variant"), bool(table.get("random_weights", False)))
@@ -193,12 +201,7 @@ def _target(table: dict, default_precisions, within, lines: _Lines, fail) -> Tar
 
     line = lambda key: lines.key(key, within)  # noqa: E731
     _unknown_keys(table, TARGET_KEYS, line, fail, "[[target]]")
-    if "name" not in table:
-        raise fail(within[0], f"[[target]] needs name = \"...\" (one of {', '.join(sorted(registry.targets()))})")
-    try:
-        target = registry.target(table["name"])
-    except EdgefmError as exc:
-        raise fail(line("name"), str(exc)) from None
+    target = _named(table, "name", "target", registry.targets(), within, line, fail)
     precisions = table.get("precisions", default_precisions)
     if precisions is None:
         precisions = [target.default_precision.value]

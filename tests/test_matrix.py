@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import tarfile
@@ -14,6 +15,7 @@ from click.testing import CliRunner
 
 from edgefm.cli import main
 from edgefm.errors import ArtifactError
+from edgefm.manifest import Manifest
 from edgefm.matrix_spec import SpecError, load_spec
 
 TINY_SPEC = """\
@@ -135,6 +137,14 @@ def test_a_model_larger_than_every_worker_is_refused_with_its_line(ray_local, tm
         run(spec, tmp_path / "out")
 
 
+def test_a_target_that_needs_a_gpu_on_its_device_is_refused_without_one(ray_local, tmp_path):
+    spec = write(tmp_path / "matrix.toml", TINY_SPEC.replace('name = "openvino"', 'name = "tensorrt"')
+                 .replace('precisions = ["fp32"]', 'precisions = ["fp16"]'))
+    with pytest.raises(SpecError, match=r"matrix.toml:16: tensorrt needs \{'GPU': 1\} on its device, and no worker "
+                                        r"of kind 'local' offers it"):
+        run(spec, tmp_path / "out")
+
+
 @pytest.mark.parametrize("change, line, message", [
     (('family = "dinov2"', 'family = "dinov3"'), 6, "unknown family 'dinov3'"),
     (('variant = "tiny"', 'variant = "huge"'), 7, "unknown dinov2 variant 'huge'"),
@@ -197,3 +207,49 @@ def test_a_tampered_artifact_fails_its_hashes_when_it_arrives(dinov2_exported, t
     onnx_file.write_bytes(onnx_file.read_bytes()[:-1] + b"\0")
     with pytest.raises(ArtifactError):
         unpack(pack(copy), tmp_path / "arrived")
+
+
+def test_the_command_starts_its_own_ray_instance_and_shows_each_task(tmp_path):
+    import subprocess
+    import sys
+
+    pytest.importorskip("ray", reason="edgefm matrix needs Ray: pip install 'edgefm[matrix]'")
+    spec = write(tmp_path / "matrix.toml", TINY_SPEC.split("[[target]]")[0] + '[[target]]\nname = "openvino"\n'
+                 'precisions = ["int8"]\ndevices = ["box"]\n')
+    done = subprocess.run([sys.executable, "-m", "edgefm.cli", "matrix", str(spec), "-o", str(tmp_path / "out"),
+                           "--device-kind", "box"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for step in ("export", "compile", "validate", "bench"):
+        assert f"done {step} dinov2 tiny" in done.stderr
+    assert "rows 1; tasks run 4, reused 0, failed 0" in done.stdout
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert [(r["target"], r["precision"], r["device"], r["status"]) for r in report["rows"]] == [
+        ("openvino", "int8", "box", "ok")]
+
+
+def test_ctrl_c_cancels_every_task_and_leaves_nothing_half_written(tmp_path):
+    import subprocess
+    import sys
+
+    psutil = pytest.importorskip("psutil")
+    pytest.importorskip("ray", reason="edgefm matrix needs Ray: pip install 'edgefm[matrix]'")
+    spec = write(tmp_path / "matrix.toml", TINY_SPEC.replace('devices = ["local"]', ""))
+    out = tmp_path / "out"
+    matrix = subprocess.Popen([sys.executable, "-m", "edgefm.cli", "matrix", str(spec), "-o", str(out)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not any((p.info["cmdline"] or [""])[0].startswith("ray::edgefm-compile")
+                      for p in psutil.process_iter(["cmdline"])):
+            assert time.monotonic() < deadline and matrix.poll() is None, "no compile task started"
+            time.sleep(0.05)
+        matrix.send_signal(signal.SIGINT)
+        _, stderr = matrix.communicate(timeout=120)
+    finally:
+        matrix.kill()
+    assert matrix.returncode == 2 and "interrupted:" in stderr and "cancelled" in stderr
+    time.sleep(2)
+    assert not [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].startswith("ray::edgefm")]
+    assert not [p for p in out.rglob("*") if ".partial-" in p.name or ".edgefm-lock" in p.name]
+    for kept in [p for kind in ("exports", "builds") for p in (out / kind).glob("*") if p.is_dir()]:
+        Manifest.load(kept)  # what finished before Ctrl-C is complete and verifies
