@@ -132,7 +132,8 @@ def test_a_device_kind_no_worker_offers_is_refused_with_its_line(ray_local, tmp_
 
 
 def test_a_model_larger_than_every_worker_is_refused_with_its_line(ray_local, tmp_path):
-    spec = write(tmp_path / "matrix.toml", TINY_SPEC.replace('variant = "tiny"\n', 'variant = "tiny"\nmemory_gb = 4096\n'))
+    spec = write(tmp_path / "matrix.toml",
+                 TINY_SPEC.replace('variant = "tiny"\n', 'variant = "tiny"\nmemory_gb = 4096\n'))
     with pytest.raises(SpecError, match=r"matrix.toml:5: dinov2 tiny needs 4096 GiB"):
         run(spec, tmp_path / "out")
 
