@@ -312,7 +312,8 @@ class MatrixRun:
         except KeyboardInterrupt:
             self._cancel()
             raise EdgefmError(f"interrupted: {len(self.pending)} unfinished task(s) cancelled; finished outputs are "
-                              f"kept in {self.store.out} and running the same matrix again picks up from them") from None
+                              f"kept in {self.store.out}, and running the same matrix again picks up from them"
+                              ) from None
         except BaseException:  # e.g. an output another program holds: no task may go on unwatched on a cluster
             self._cancel()
             raise
