@@ -191,15 +191,24 @@ class MatrixRun:
             self._submit("export", directory.name, {"model": asdict(model), "label": model.label}, {},
                          lambda out, i=index, d=directory: self._export_done(i, d, out), memory)
 
-    def _export_done(self, index: int, directory: Path, out: dict) -> None:
-        if self._failed(out, "export", [r for r in self.rows if r.model == index]):
-            return
-        manifest = self.store.save_artifact(directory, out["files"], {**out["record"], "step": "export"})
+    def _saved(self, step: str, rows: list[_Row], directory: Path, out: dict, **record):
+        """Store the artifact a step sent back: its manifest, or None when the step failed (its rows say why)."""
+        if self._failed(out, step, rows):
+            return None
+        manifest = self.store.save_artifact(directory, out["files"], {**out["record"], "step": step, **record})
         self.built.add(directory)
-        self._exported(index, directory, manifest)
+        return manifest
+
+    def _export_done(self, index: int, directory: Path, out: dict) -> None:
+        manifest = self._saved("export", [r for r in self.rows if r.model == index], directory, out)
+        if manifest:
+            self._exported(index, directory, manifest)
 
     def _exported(self, index: int, export_dir: Path, manifest) -> None:
         model = self.spec.models[index]
+        builds = self.store.out / "builds"  # compiles of this export measured in earlier runs size the new ones
+        measured = max((_measured(r) for r in map(self.store.read_json, builds.glob("*.json"))
+                        if r and r.get("export") == export_dir.name), default=0)
         for t, target in enumerate(self.spec.targets):
             for precision in target.precisions:
                 rows = [r for r in self.rows if (r.model, r.target, r.precision) == (index, t, precision)]
@@ -211,8 +220,6 @@ class MatrixRun:
                     self.counts["tasks_reused"] += 1
                     self._compiled(rows, directory)
                     continue
-                records = [self.store.read_json(p) or {} for p in directory.parent.glob("*.json")]
-                measured = max((_measured(r) for r in records if r.get("export") == export_dir.name), default=0)
                 memory = (model.memory_gb or 0) * GIB or measured or GIB + 8 * _size(export_dir)
                 job = {"target": target.name, "precision": precision, "options": target.options,
                        "label": f"{model.label} {target.name} {precision}"}
@@ -221,12 +228,8 @@ class MatrixRun:
                              memory)
 
     def _compile_done(self, rows: list[_Row], directory: Path, export_dir: Path, out: dict) -> None:
-        if self._failed(out, "compile", rows):
-            return
-        self.store.save_artifact(directory, out["files"], {**out["record"], "step": "compile",
-                                                           "export": export_dir.name})
-        self.built.add(directory)
-        self._compiled(rows, directory)
+        if self._saved("compile", rows, directory, out, export=export_dir.name):
+            self._compiled(rows, directory)
 
     def _compiled(self, rows: list[_Row], build_dir: Path) -> None:
         for row in rows:
@@ -245,11 +248,8 @@ class MatrixRun:
                          GIB + 4 * _size(build_dir), row.device, target)
 
     def _on_device_done(self, row: _Row, directory: Path, out: dict) -> None:
-        if self._failed(out, "on-device step", [row]):
-            return
-        self.store.save_artifact(directory, out["files"], {**out["record"], "step": "on_device"})
-        self.built.add(directory)
-        self._on_device_ready(row, directory)
+        if self._saved("on_device", [row], directory, out):
+            self._on_device_ready(row, directory)
 
     def _on_device_ready(self, row: _Row, artifact_dir: Path) -> None:
         row.artifact_dir = artifact_dir
@@ -257,7 +257,7 @@ class MatrixRun:
         memory = GIB + 4 * _size(artifact_dir)
         for step, what, inputs in (("validate", "validate", {"compiled": artifact_dir, "exported": row.export_dir}),
                                    ("bench", f"bench-{digest(self.bench_settings)}", {"compiled": artifact_dir})):
-            path = self.store.result_path(row.device, f"{row.build_key}", what)
+            path = self.store.result_path(row.device, row.build_key, what)
             row.results[step] = path
             if self.store.read_json(path):
                 self.counts["tasks_reused"] += 1

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import html as _html
 import json
-import os
 import re
 import sys
 from functools import partial
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from edgefm.hardware import summary_lines
 from edgefm.report import SHORT_METRIC
+from edgefm.staging import write_file_atomically
 
 COLUMNS = ["model", "target", "precision", "device", "status", "latency ms", "items/s", "peak RSS MiB", "size MiB",
            "task metric", "Pareto", "built/reused", "worker", "hardware"]
@@ -253,25 +253,14 @@ def html(report: dict) -> str:
             f"</body></html>\n")
 
 
-def _replace(path: Path, write) -> Path:
-    """Write to a hidden temporary name, then rename: an interrupted run leaves no half-written file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def write_report(report: dict, out_dir: Path) -> dict[str, Path]:
     """Write the plots, report.md, report.html and, last, report.json (so a report.json means a finished render)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = {kind: _replace(out_dir / name, draw) for kind, name, _, draw in plots(report)}
+    written = {kind: write_file_atomically(out_dir / name, draw) for kind, name, _, draw in plots(report)}
     for kind, name, text in [("markdown", "report.md", markdown(report)), ("html", "report.html", html(report)),
                              ("json", "report.json", json.dumps(report, indent=2) + "\n")]:
-        written[kind] = _replace(out_dir / name, partial(Path.write_text, data=text, encoding="utf-8"))
+        written[kind] = write_file_atomically(out_dir / name, partial(Path.write_text, data=text, encoding="utf-8"))
     return written
 
 

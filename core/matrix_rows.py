@@ -37,7 +37,7 @@ def bench_figures(bench: list[dict]) -> dict:
             "size_mib": sum(r["size_mib"] for r in at(smallest)) if smallest else None}
 
 
-def _row(run, row) -> dict:
+def _row(run, row, workers: dict) -> dict:
     model, target = run.spec.models[row.model], run.spec.targets[row.target]
     base = {"model": model.label, "family": model.family, "variant": model.variant, "weights_sha256": None,
             "random_weights": model.random_weights,
@@ -45,25 +45,21 @@ def _row(run, row) -> dict:
             "key": row.build_key, "artifact": None, "size_mib": None, "status": "failed", "error": row.error,
             "latency_ms": None, "items_per_s": None, "peak_rss_mib": None, "task_metric": None, "checks": [],
             "bench": [], "hardware": None, "stages": {}}
+    stages = base["stages"]
     if row.export_dir is not None:
         manifest_source = run.store.read_json(row.export_dir / "manifest.json")["source"]
         base["weights_sha256"] = manifest_source["weights_sha256"]
         base["random_weights"] = manifest_source["random_weights"]
-        base["stages"]["export"] = _stage(run, row.export_dir, run.store.read_json(row.export_dir.with_suffix(".json")))
+        stages["export"] = _artifact_stage(run, row.export_dir, workers)
     if row.artifact_dir is not None:
         base["artifact"] = str(row.artifact_dir.relative_to(run.store.out))
-        if row.artifact_dir.parent.name == "builds":
-            base["stages"]["compile"] = _stage(run, row.artifact_dir,
-                                               run.store.read_json(row.artifact_dir.with_suffix(".json")))
-        else:
-            build = run.store.artifact_dir("builds", row.build_key)
-            base["stages"]["compile"] = _stage(run, build, run.store.read_json(build.with_suffix(".json")))
-            base["stages"]["on_device"] = _stage(run, row.artifact_dir,
-                                                 run.store.read_json(row.artifact_dir.with_suffix(".json")))
+        stages["compile"] = _artifact_stage(run, run.store.artifact_dir("builds", row.build_key), workers)
+        if row.artifact_dir.parent.name != "builds":
+            stages["on_device"] = _artifact_stage(run, row.artifact_dir, workers)
     stored = {step: run.store.read_json(path) for step, path in row.results.items()}
     for step, data in stored.items():
         if data:
-            base["stages"][step] = _stage(run, row.results[step], data["record"])
+            stages[step] = _stage(run, row.results[step], data["record"], workers)
     if row.error or not all(stored.get(step) for step in ("validate", "bench")):
         base["error"] = base["error"] or "not finished"
         return base
@@ -74,34 +70,32 @@ def _row(run, row) -> dict:
     return base
 
 
-def _stage(run, path: Path, record: dict | None) -> dict:
+def _artifact_stage(run, directory: Path, workers: dict) -> dict:
+    return _stage(run, directory, run.store.read_json(directory.with_suffix(".json")), workers)
+
+
+def _stage(run, path: Path, record: dict | None, workers: dict) -> dict:
+    """A step's figures for its row; its worker's hardware block joins `workers`."""
     record = record or {}
+    if record.get("worker") and record.get("hardware"):
+        worker = workers.setdefault(record["worker"], {"node": record["node"], "device_kinds": [],
+                                                       "hardware": {**record["hardware"], "libraries": {}}})
+        worker["hardware"]["libraries"].update(record["hardware"]["libraries"])  # each step names its own
     return {"built": path in run.built, "seconds": record.get("seconds"), "peak_rss_mib": record.get("peak_rss_mib"),
             "worker": record.get("worker"), "attempts": record.get("attempts")}
-
-
-def _workers(run, nodes) -> dict:
-    kinds = {n.id: sorted(n.kinds) for n in nodes}
-    found = {}
-    for path in sorted(run.store.out.rglob("*.json")):
-        data = run.store.read_json(path) or {}
-        record = data.get("record", data)
-        if isinstance(record, dict) and record.get("worker") and record.get("hardware"):
-            worker = found.setdefault(record["worker"], {"node": record["node"],
-                                                         "device_kinds": kinds.get(record["worker"], []),
-                                                         "hardware": {**record["hardware"], "libraries": {}}})
-            worker["hardware"]["libraries"].update(record["hardware"]["libraries"])  # each step names its own
-    return found
 
 
 def build_report(run, nodes, started: str, seconds: float) -> dict:
     from datetime import datetime, timezone
 
-    rows = [_row(run, row) for row in run.rows]
-    used = {row["worker"] for row in rows} | {s["worker"] for row in rows for s in row["stages"].values()}
+    workers: dict = {}  # the workers the rows' steps ran on
+    rows = [_row(run, row, workers) for row in run.rows]
+    kinds = {n.id: sorted(n.kinds) for n in nodes}
+    for worker_id, worker in workers.items():
+        worker["device_kinds"] = kinds.get(worker_id, [])
     return {"title": "edgefm matrix", "spec": Path(run.spec.path).name, "started": started,
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "seconds": seconds,
             "edgefm_version": __version__, "counts": dict(run.counts),
-            "workers": {k: v for k, v in _workers(run, nodes).items() if k in used},
+            "workers": workers,
             "rows": rows, "errors": [f"{r['model']} {r['target']} {r['precision']} on {r['device']}: {r['error']}"
                                      for r in rows if r["error"]]}

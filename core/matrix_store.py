@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 from edgefm import __version__
 from edgefm.errors import ArtifactError, EdgefmError
 from edgefm.manifest import sha256_file
+from edgefm.staging import staging_dir, write_file_atomically
 
 MARK = ".edgefm-matrix"
 
@@ -82,7 +82,6 @@ class Store:
     def save_artifact(self, directory: Path, files: bytes, record: dict):
         """Unpack a worker's artifact into place atomically and verify it; then its record beside it."""
         from edgefm.matrix_tasks import unpack
-        from edgefm.staging import staging_dir
 
         with staging_dir(directory, overwrite=directory.exists(), log=lambda message: None) as tmp:
             manifest = unpack(files, tmp)
@@ -99,6 +98,4 @@ class Store:
 def write_json(path: Path, data: dict) -> None:
     """Written whole or not at all: a matrix interrupted mid-write leaves no record that looks complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    partial.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(partial, path)
+    write_file_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str) + "\n"))

@@ -40,21 +40,15 @@ def unpack(data: bytes, directory: Path):
     return Manifest.load(directory)
 
 
-def _peak_rss_mib() -> float | None:
-    from edgefm.bench import peak_rss_mib
-
-    return peak_rss_mib()
-
-
 def _attempt(run_id: str, key: str) -> int:
     """Which attempt at this task this is, on this node: Ray retries a task whose worker died, but tells the
-    task nothing, so each attempt leaves a mark in the node's Ray temp folder."""
+    task nothing, so each attempt leaves a mark in the node's Ray temp folder (holding its process id)."""
     import ray
 
     marks = Path(ray.get_runtime_context().get_temp_dir()) / "edgefm-attempts" / run_id
     marks.mkdir(parents=True, exist_ok=True)
     count = len(list(marks.glob(f"{key}.*"))) + 1
-    (marks / f"{key}.{count}").touch()
+    (marks / f"{key}.{count}").write_text(str(os.getpid()))
     return count
 
 
@@ -64,6 +58,7 @@ def run_step(step: str, job: dict, names: list[str], *tars: bytes) -> dict:
     for a reason Ray cannot fix by retrying returns it rather than raising."""
     import ray
 
+    from edgefm.bench import peak_rss_mib
     from edgefm.hardware import describe
 
     start = time.perf_counter()
@@ -81,7 +76,7 @@ def run_step(step: str, job: dict, names: list[str], *tars: bytes) -> dict:
         except EdgefmError as exc:
             error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     record = {"worker": ray.get_runtime_context().get_node_id()[:12], "node": socket.gethostname(),
-              "seconds": time.perf_counter() - start, "peak_rss_mib": _peak_rss_mib(), "attempts": attempt,
+              "seconds": time.perf_counter() - start, "peak_rss_mib": peak_rss_mib(), "attempts": attempt,
               "pid": os.getpid(), "hardware": describe(None, job.get("runtimes", []))}
     return {"files": files, "result": result, "error": error, "record": record}
 

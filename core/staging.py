@@ -97,6 +97,17 @@ def staging_dir(out: Path, overwrite: bool = False, inputs: Iterable[Path | None
             raise
 
 
+def write_file_atomically(path: Path, write: Callable[[Path], None]) -> Path:
+    """`write(temporary path)`, then rename over `path`: interrupted, it leaves no half-written file in place."""
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
     if not (out.exists() or out.is_symlink()):
         # rename(2) cannot replace a file or a non-empty folder; at most an empty folder made in this instant

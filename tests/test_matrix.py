@@ -60,19 +60,22 @@ def run(spec: Path, out: Path) -> dict:
     return run_matrix(load_spec(spec), out)
 
 
-def kill_first(title: str, killed: list, stop: threading.Event) -> None:
-    """SIGKILL the first worker process seen running `title` for half a second (well into its work), as the OOM
-    killer or a lost node would."""
+def kill_first(marks: Path, step: str, killed: list, stop: threading.Event) -> None:
+    """SIGKILL the first worker process running `step` once its attempt is marked (so its retry can count it), as
+    the OOM killer or a lost node would. Marks: RAY_TEMP/edgefm-attempts/RUN/STEP-KEY.N, holding the pid."""
     import psutil
 
-    seen = {}
     while not stop.is_set() and not killed:
-        for process in psutil.process_iter(["cmdline"]):
-            if (process.info["cmdline"] or [""])[0].startswith(title):
-                if time.monotonic() - seen.setdefault(process.pid, time.monotonic()) > 0.5:
-                    os.kill(process.pid, signal.SIGKILL)
-                    killed.append(process.pid)
-                    return
+        for mark in marks.glob(f"*/{step}-*.1"):
+            try:
+                pid = int(mark.read_text())  # empty for an instant while the mark is written
+                running = (psutil.Process(pid).cmdline() or [""])[0].startswith(f"ray::edgefm-{step}")
+            except (psutil.Error, ValueError):
+                continue
+            if running:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
         time.sleep(0.02)
 
 
@@ -85,7 +88,8 @@ def test_tiny_spec_survives_a_killed_worker_and_a_rerun_builds_nothing(ray_local
     spec = write(tmp_path / "matrix.toml", TINY_SPEC)
     out = tmp_path / "out"
     killed, stop = [], threading.Event()
-    killer = threading.Thread(target=kill_first, args=("ray::edgefm-compile", killed, stop))
+    marks = Path(ray_local.get_runtime_context().get_temp_dir()) / "edgefm-attempts"
+    killer = threading.Thread(target=kill_first, args=(marks, "compile", killed, stop))
     killer.start()
     try:
         report = run(spec, out)
