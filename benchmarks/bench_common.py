@@ -7,7 +7,7 @@ from typing import Callable
 
 import numpy as np
 
-from edgefm.bench import time_calls
+from edgefm.bench.timing import time_calls
 
 
 def median_ms(call, iters: int) -> float:

@@ -25,10 +25,10 @@ QUICK_MODELS = "clip:tiny,dinov2:tiny,sam2:tiny,sd15:tiny"
 
 
 def bench_model(family: str, variant: str, out: Path, iters: int) -> list[dict]:
-    from edgefm.bench import artifact_latencies
-    from edgefm.compile_job import compile_artifact
-    from edgefm.export_job import export
-    from edgefm.manifest import Manifest
+    from edgefm.bench.timing import artifact_latencies
+    from edgefm.jobs.compile import compile_artifact
+    from edgefm.jobs.export import export
+    from edgefm.contract.manifest import Manifest
     from edgefm.runtimes.coreml import unavailable_reason
 
     exported = out / f"{family}-{variant}"
@@ -58,7 +58,7 @@ def bench_model(family: str, variant: str, out: Path, iters: int) -> list[dict]:
 
 
 def report(rows: list[dict], out: Path) -> None:
-    from edgefm.hardware import describe, summary_lines
+    from edgefm.bench.hardware import describe, summary_lines
 
     lines = ["| model | component | precision (scheme) | size MiB | vs fp16 | compile s (all components) | accuracy vs fp32 export | batch-1 ms |",
              "|---|---|---|---|---|---|---|---|"]

@@ -33,7 +33,7 @@ OPTIMUM_OV = [f"optimum-ov-{p}" for p in PRECISIONS]
 
 def edgefm_builds(only: list[str] | None) -> dict[str, tuple[str, list[str]]]:
     """{row prefix: (target, precisions)} for every installed target whose artifacts run here (or those in `only`)."""
-    from edgefm import registry
+    from edgefm.contract import registry
 
     builds = {}
     for name, target in sorted(registry.targets().items()):
@@ -50,7 +50,7 @@ OPTIMUM_INTEL_PIP = [["install", "optimum-intel[openvino]==2.2.0", "pillow", os.
 
 # -- child: load one engine, time it, score it, report ---------------------------------------------
 def child(spec: dict) -> None:
-    from edgefm.bench import peak_rss_mib, summarize, time_calls
+    from edgefm.bench.timing import peak_rss_mib, summarize, time_calls
     from peer_runners import runner, task_metrics
 
     feeds = dict(np.load(spec["inputs"]))
@@ -65,8 +65,8 @@ def child(spec: dict) -> None:
 
 # -- parent: build artifacts, prepare inputs, spawn children, write reports --------------------------
 def build(family: str, variant: str, root: Path, targets: dict, log) -> dict:
-    from edgefm.compile_job import compile_artifact
-    from edgefm.export_job import export
+    from edgefm.jobs.compile import compile_artifact
+    from edgefm.jobs.export import export
 
     start = time.perf_counter()
     export(family, root / "exported", variant=variant, random_weights=True, overwrite=True, log=log)
@@ -95,7 +95,7 @@ def artifact_compute(precision: str, compiled: dict) -> str:
 def optimum_exports(models: dict, root: Path, log) -> tuple[dict, dict]:
     """Save the same random weights as HF model dirs, then export them with optimum-onnx and optimum-intel, each
     in its own venv; a peer that fails to install or export is recorded with its error, not fatal."""
-    from edgefm import registry
+    from edgefm.contract import registry
     from edgefm.exporters.base import ExportOptions
 
     dirs = {}
@@ -155,7 +155,7 @@ def _peer_export(package: str, venv: Path, pip_steps: list[list[str]], script: s
 def make_inputs(exported: Path, component: str, batch: int, split: str = "heldout") -> dict:
     """The held-out (or calibration) photos / prompts, tiled to the batch."""
     from edgefm.calibration.data import load as load_calibration
-    from edgefm.manifest import Manifest
+    from edgefm.contract.manifest import Manifest
     from edgefm.runtimes.preprocess import preprocess
     from edgefm.runtimes.tokenizer import TextTokenizer
 
@@ -180,7 +180,7 @@ def artifact_of(engine: str, family_root: Path, root: Path, family: str, compone
 
 def bench_rows(base: dict, engines: list[str], work: Path, root: Path, score: bool, log):
     """One row per engine on one (component, batch); torch fp32 runs first: cosine reference and FLOP count."""
-    from edgefm.compare import cosine_rows
+    from edgefm.contract.compare import cosine_rows
 
     key = f"{base['family']}-{base['component']}-b{base['batch']}"
     inputs = work / f"{key}.in.npz"
@@ -210,7 +210,7 @@ def bench_rows(base: dict, engines: list[str], work: Path, root: Path, score: bo
 def engines_to_run(info: dict, optimum: dict | None, optimum_intel: dict | None, targets: dict
                    ) -> tuple[list[str], dict]:
     """The engines this machine and these installs can run, and why the others are left out."""
-    from edgefm.hardware import has_bf16
+    from edgefm.bench.hardware import has_bf16
 
     engines, skipped = ["torch-fp32"], {}
     for engine in TORCH[1:]:
@@ -244,7 +244,8 @@ def main() -> None:
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from edgefm import hardware, registry
+    from edgefm.bench import hardware
+    from edgefm.contract import registry
     from peer_report import plot, write_markdown
 
     models, root = (QUICK if args.quick else REAL), args.out.resolve()

@@ -75,7 +75,7 @@ def bench_torch(variant: str, exported: Path, frames: list, point: list, iters: 
     import transformers
 
     import edgefm
-    from edgefm import registry
+    from edgefm.contract import registry
     from edgefm.exporters.base import ExportOptions
     from edgefm.runtimes.pipelines.sam2 import pixels
 
@@ -108,7 +108,7 @@ def bench_torch(variant: str, exported: Path, frames: list, point: list, iters: 
 
 
 def write_report(out: Path, report: dict) -> None:
-    from edgefm.hardware import summary_lines
+    from edgefm.bench.hardware import summary_lines
 
     rows = report["rows"]
     torch_row = next(r for r in rows if r["engine"] == "torch-eager")
@@ -150,9 +150,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--quick", action="store_true", help="the tiny preset (checks the script, not speed)")
     args = parser.parse_args()
-    from edgefm import hardware
-    from edgefm.compile_job import compile_artifact
-    from edgefm.export_job import export
+    from edgefm.bench import hardware
+    from edgefm.jobs.compile import compile_artifact
+    from edgefm.jobs.export import export
 
     variant = "tiny" if args.quick else args.variant
     out = args.out.resolve()

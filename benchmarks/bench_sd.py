@@ -34,8 +34,8 @@ def torch_worker(variant: str, iters: int, threads: int, bf16: bool) -> dict:
     `bf16`, under bf16 autocast (PyTorch's own bf16 path on CPUs with AVX512-BF16 / AMX)."""
     import torch
 
-    from edgefm import registry
-    from edgefm.bench import peak_rss_mib
+    from edgefm.contract import registry
+    from edgefm.bench.timing import peak_rss_mib
     from edgefm.exporters.base import ExportOptions
 
     torch.set_num_threads(threads)
@@ -61,7 +61,7 @@ def torch_text_to_image_s(variant: str, threads: int) -> float:
     import diffusers
     import torch
 
-    from edgefm import registry
+    from edgefm.contract import registry
     from edgefm.exporters.base import ExportOptions
 
     torch.set_num_threads(threads)
@@ -86,8 +86,8 @@ def in_subprocess(*args: str) -> dict:
 def bench_engine(directory: Path, iters: int, threads: int, quick: bool) -> dict:
     """Step and decode timed by `edgefm bench`'s worker (a fresh process each, peak memory included)."""
     import edgefm
-    from edgefm.bench import in_fresh_process
-    from edgefm.manifest import Manifest
+    from edgefm.bench.runner import in_fresh_process
+    from edgefm.contract.manifest import Manifest
 
     def job(component: str, batch: int) -> dict:
         return in_fresh_process(dict(directory=str(directory), component=component, batch=batch, warmup=1,
@@ -119,7 +119,7 @@ REAL_CHECK = {"CALIB_PROMPTS": 2, "CHECK_PROMPTS": 1, "CHECK_STEPS": 4}
 # RSS: the memory is then each job's own (a process that exported a 3.4 GB UNet keeps a fragmented heap).
 CHILD = """
 import atexit, json, os, sys
-from edgefm.bench import peak_rss_mib
+from edgefm.bench.timing import peak_rss_mib
 from edgefm.calibration import diffusion
 for name, value in json.loads(os.environ["EDGEFM_BENCH_CHECK"]).items():
     setattr(diffusion, name, value)
@@ -144,7 +144,7 @@ def edgefm_job(check: dict, *args: str) -> dict:
 
 
 def write_report(out: Path, report: dict) -> None:
-    from edgefm.hardware import summary_lines
+    from edgefm.bench.hardware import summary_lines
 
     rows = report["rows"]
     torch_row = rows[0]
@@ -192,9 +192,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the tiny preset (checks the script, not speed)")
     parser.add_argument("--reuse-export", action="store_true", help="keep OUT/exported from an earlier run")
     args = parser.parse_args()
-    from edgefm import hardware
+    from edgefm.bench import hardware
     from edgefm.calibration import diffusion
-    from edgefm.manifest import Manifest
+    from edgefm.contract.manifest import Manifest
 
     variant = "tiny" if args.quick else "v1-5"
     check = {} if args.quick else REAL_CHECK

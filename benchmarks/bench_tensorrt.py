@@ -29,8 +29,8 @@ REAL_MODELS = "clip:vit-b-32,dinov2:small,sam2:hiera-tiny,sd15:v1-5"
 
 
 def bench_model(family: str, variant: str, out: Path, iters: int, engines: bool) -> list[dict]:
-    from edgefm.compile_job import compile_artifact
-    from edgefm.export_job import export
+    from edgefm.jobs.compile import compile_artifact
+    from edgefm.jobs.export import export
 
     exported = out / f"{family}-{variant}"
     if not (exported / "manifest.json").is_file():
@@ -50,10 +50,10 @@ def bench_model(family: str, variant: str, out: Path, iters: int, engines: bool)
 
 def _rows(family, variant, planned: Path, compile_s: float, precision: str, engines: bool, out: Path,
           iters: int) -> list[dict]:
-    from edgefm.bench import artifact_latencies
+    from edgefm.bench.timing import artifact_latencies
     from edgefm.targets.tensorrt_device import build_engines
-    from edgefm.hardware import gpu_memory_mib
-    from edgefm.manifest import Manifest
+    from edgefm.bench.hardware import gpu_memory_mib
+    from edgefm.contract.manifest import Manifest
     from edgefm.runtimes.tensorrt import this_machine
     from edgefm.targets.tensorrt_plan import cc_tuple
 
@@ -95,7 +95,7 @@ def _gate(validation: dict) -> str:
 
 
 def report(rows: list[dict], out: Path) -> None:
-    from edgefm.hardware import describe, summary_lines
+    from edgefm.bench.hardware import describe, summary_lines
 
     def fmt(value, digits=2):
         return "-" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)

@@ -33,7 +33,7 @@ def torch_rows(checkpoint: Path, resolution: int, iters: int) -> list[dict]:
     import torch
     import transformers
 
-    from edgefm.hardware import describe
+    from edgefm.bench.hardware import describe
 
     model = transformers.Dinov2Model.from_pretrained(checkpoint).eval()
     rows = [("torch-eager-fp32", None)]
@@ -53,7 +53,7 @@ def torch_rows(checkpoint: Path, resolution: int, iters: int) -> list[dict]:
 
 def artifact_row(engine: str, directory: Path, compile_s: float, iters: int) -> dict:
     import edgefm
-    from edgefm.bench import measure
+    from edgefm.bench.timing import measure
 
     artifact = edgefm.load(directory)
     entry = artifact.manifest.components["image_encoder"]
@@ -69,8 +69,8 @@ def artifact_row(engine: str, directory: Path, compile_s: float, iters: int) -> 
 
 
 def bench_resolution(checkpoint: Path, resolution: int, out: Path, engines: list[str], iters: int) -> list[dict]:
-    from edgefm.compile_job import compile_artifact
-    from edgefm.export_job import export
+    from edgefm.jobs.compile import compile_artifact
+    from edgefm.jobs.export import export
     from edgefm.exporters.base import ExportOptions
 
     exported = out / f"export-{resolution}"
@@ -97,7 +97,7 @@ def bench_resolution(checkpoint: Path, resolution: int, out: Path, engines: list
 
 
 def markdown(rows: list[dict], hardware: dict) -> str:
-    from edgefm.hardware import summary_lines
+    from edgefm.bench.hardware import summary_lines
 
     lines = [*summary_lines(hardware), "",
              "| res | engine | scheme | gates | CLS kNN | patch match | cosine | float layers | MiB | b1 ms | b8 ms "
@@ -146,7 +146,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    from edgefm.hardware import describe
+    from edgefm.bench.hardware import describe
     from trained_dinov2 import build
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -60,9 +60,9 @@ def main() -> None:
     from trained_dinov2 import FixtureUnavailable, build
 
     from edgefm.calibration.data import sample_photo_dir
-    from edgefm.compile_job import compile_artifact
-    from edgefm.export_job import export
-    from edgefm.report import results_table
+    from edgefm.jobs.compile import compile_artifact
+    from edgefm.jobs.export import export
+    from edgefm.cli.tables import results_table
     from rich.console import Console
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

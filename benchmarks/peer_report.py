@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefm.hardware import has_bf16, summary_lines
+from edgefm.bench.hardware import has_bf16, summary_lines
 
 PEER_PREFIXES = ("torch-", "optimum-")
 AIM = 1.5  # issue 17: edgefm's best passing artifact vs the fastest peer as accurate, at batch 1 and 8

@@ -16,7 +16,7 @@ import numpy as np
 def torch_runner(spec: dict):
     import torch
 
-    from edgefm import registry
+    from edgefm.contract import registry
     from edgefm.exporters.base import ExportOptions
 
     torch.set_num_threads(spec["threads"])
@@ -117,7 +117,7 @@ def optimum_ov_runner(spec: dict):
 
 
 def edgefm_runner(spec: dict):
-    from edgefm.manifest import Manifest
+    from edgefm.contract.manifest import Manifest
     from edgefm.runtimes.loader import open_component
 
     directory = Path(spec["artifact"])  # open only this component's session, not the whole artifact
@@ -147,10 +147,10 @@ class _Callable:
 def task_metrics(spec: dict, call) -> dict:
     """The family's own task checks (those edgefm's compile gates use), this engine vs the fp32 export, on the
     held-out photos / prompts: every row is scored the same way."""
-    from edgefm import registry
+    from edgefm.contract import registry
     from edgefm.calibration.data import load
     from edgefm.calibration.recipe import CheckContext
-    from edgefm.manifest import Manifest
+    from edgefm.contract.manifest import Manifest
     from edgefm.runtimes.loader import open_sessions
 
     exported = Path(spec["exported"])

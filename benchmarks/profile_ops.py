@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int)
     args = parser.parse_args()
     import edgefm
-    from edgefm.manifest import Manifest
+    from edgefm.contract.manifest import Manifest
 
     for directory in args.artifacts:
         manifest = Manifest.load(directory)

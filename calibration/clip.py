@@ -7,11 +7,11 @@ import numpy as np
 
 from edgefm.calibration.data import CalibrationData
 from edgefm.calibration.recipe import CalibrationRecipe, CheckContext
-from edgefm.compare import normalize, top1_agreement
-from edgefm.manifest import Manifest
+from edgefm.contract.compare import normalize, top1_agreement
+from edgefm.contract.manifest import Manifest
 from edgefm.runtimes.preprocess import preprocess
 from edgefm.runtimes.tokenizer import TextTokenizer
-from edgefm.spec import Check
+from edgefm.contract.spec import Check
 
 
 def _pixels(images, manifest: Manifest) -> np.ndarray:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefm.errors import CalibrationError
-from edgefm.spec import whole_number
+from edgefm.contract.errors import CalibrationError
+from edgefm.contract.spec import whole_number
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 HOLDOUT_EVERY = 4

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgefm.compile_cache import CompileCache
+from edgefm.contract.cache import CompileCache
 
 if TYPE_CHECKING:
     from edgefm.calibration.data import CalibrationData
-    from edgefm.manifest import Manifest
-    from edgefm.spec import Check
+    from edgefm.contract.manifest import Manifest
+    from edgefm.contract.spec import Check
 
 Feeds = list[dict]  # one dict {input name: numpy array} per session run
 

@@ -11,9 +11,9 @@ from edgefm.calibration import sam2_pipeline
 from edgefm.calibration.data import CalibrationData
 from edgefm.calibration.recipe import CalibrationRecipe, CheckContext
 from edgefm.calibration.sam2_pipeline import mask_iou
-from edgefm.compile_cache import CompileCache
-from edgefm.manifest import Manifest
-from edgefm.spec import Check
+from edgefm.contract.cache import CompileCache
+from edgefm.contract.manifest import Manifest
+from edgefm.contract.spec import Check
 
 
 def _capture(manifest: Manifest, directory: Path, image: Path, seed: int, cache: CompileCache) -> dict:

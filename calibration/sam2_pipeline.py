@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefm.compile_cache import CompileCache
-from edgefm.manifest import sha256_file
-from edgefm.spec import Check
+from edgefm.contract.cache import CompileCache
+from edgefm.contract.manifest import sha256_file
+from edgefm.contract.spec import Check
 
 CLIP_FRAMES = 8
 VIDEO_PHOTOS = 2

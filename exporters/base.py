@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from edgefm.errors import EdgefmError, UnknownChoiceError
-from edgefm.gates import gates_for
-from edgefm.spec import TensorSpec
+from edgefm.contract.errors import EdgefmError, UnknownChoiceError
+from edgefm.contract.gates import gates_for
+from edgefm.contract.spec import TensorSpec
 
 if TYPE_CHECKING:
     from edgefm.calibration.recipe import CalibrationRecipe
@@ -95,7 +95,7 @@ class ModelFamily:
     name: str = ""
     title: str = ""  # how people write it ("SAM 2"), in messages
     description: str = ""
-    tasks: tuple[str, ...] = ()  # what `edgefm run` does with its artifacts (edgefm.run_job: segment, text-to-image)
+    tasks: tuple[str, ...] = ()  # what `edgefm run` does with its artifacts (edgefm.jobs.run: segment, text-to-image)
     # `edgefm demo`: the variant it exports (None: not in the demo), and whether targets whose artifacts run
     # elsewhere are compiled for it too (two families keep the demo short)
     demo_variant: str | None = None
@@ -104,7 +104,7 @@ class ModelFamily:
     component_names: tuple[str, ...] = ()
     supports_resolution: bool = False
     supports_lora: bool = False
-    # Accuracy gates, read from the table in edgefm.gates (rows: metrics, columns: precisions). Every metric
+    # Accuracy gates, read from the table in edgefm.contract.gates (rows: metrics, columns: precisions). Every metric
     # named here needs a check in the family's recipe (CalibrationRecipe.extra_checks / pipeline_checks).
     gate_metrics: tuple[str, ...] = ("cosine",)  # per component, vs the fp32 export
     component_gate_metrics: dict[str, tuple[str, ...]] = {}  # components whose metrics differ: {component: metrics}
@@ -167,7 +167,7 @@ class ModelFamily:
     # Concrete: computed from the class attributes above ------------------------------------------
     def gates(self, component: str, precision: str) -> dict[str, float]:
         """Accuracy gates for a compiled component vs the fp32 export: metric -> minimum value, from the
-        table in edgefm.gates with the family's overrides (`gate_metrics`, `component_gate_metrics`,
+        table in edgefm.contract.gates with the family's overrides (`gate_metrics`, `component_gate_metrics`,
         `gate_overrides`)."""
         return gates_for(precision, self.component_gate_metrics.get(component, self.gate_metrics), self.gate_overrides)
 

@@ -10,7 +10,7 @@ import numpy as np
 from edgefm.exporters.base import (Component, ExportOptions, LoadedModel, ModelFamily, Source,
                                    Variant, from_pretrained, graph_attention, pil_image_processor, preprocess_config,
                                    weights_sha256)
-from edgefm.spec import TensorSpec
+from edgefm.contract.spec import TensorSpec
 
 _TEXT_B = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
                vocab_size=49408, max_position_embeddings=77)

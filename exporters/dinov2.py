@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefm.errors import EdgefmError
+from edgefm.contract.errors import EdgefmError
 from edgefm.exporters.base import (Component, ExportOptions, LoadedModel, ModelFamily, Source,
                                    Variant, from_pretrained, graph_attention, pil_image_processor, preprocess_config,
                                    weights_sha256)
-from edgefm.spec import TensorSpec
+from edgefm.contract.spec import TensorSpec
 
 PATCH = 14
 _COMMON = dict(image_size=518, patch_size=PATCH, mlp_ratio=4, layerscale_value=1.0)

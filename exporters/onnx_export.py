@@ -7,18 +7,27 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefm.compare import cosine_rows, max_abs_diff
-from edgefm.errors import GateError
+from edgefm.contract.compare import cosine_rows, max_abs_diff
+from edgefm.contract.errors import GateError
 from edgefm.exporters.base import Component
-from edgefm.manifest import ComponentEntry, sha256_file
-from edgefm.onnx_files import external_data_files
-from edgefm.spec import Check, validation_record
+from edgefm.contract.manifest import ComponentEntry, sha256_file
+from edgefm.contract.spec import Check, validation_record
 
 # fp32 ONNX vs fp32 torch: only kernel-order rounding differs.
 EXPORT_COSINE_GATE = 0.9999
 EXPORT_REL_DIFF_GATE = 1e-3  # max |onnx - torch| / max |torch|
 # Protobuf caps one file at 2 GB; larger graphs keep their weights in an external data file.
 EXTERNAL_DATA_BYTES = 1_500_000_000
+
+
+def external_data_files(path: Path) -> list[str]:
+    """The files an ONNX graph keeps its weights in beside the .onnx (graphs over protobuf's 2 GB limit)."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    model = onnx.load(str(path), load_external_data=False)
+    return sorted({entry.value for tensor in model.graph.initializer if uses_external_data(tensor)
+                   for entry in tensor.external_data if entry.key == "location"})
 
 
 def _dynamic_shapes(component: Component) -> dict:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefm.errors import EdgefmError
+from edgefm.contract.errors import EdgefmError
 from edgefm.exporters.base import (Component, ExportOptions, LoadedModel, ModelFamily, Source,
                                    Variant, from_pretrained, weights_sha256)
-from edgefm.spec import TensorSpec
+from edgefm.contract.spec import TensorSpec
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]

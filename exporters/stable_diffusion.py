@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefm.errors import EdgefmError
+from edgefm.contract.errors import EdgefmError
 from edgefm.exporters.base import (Component, ExportOptions, LoadedModel, ModelFamily, Source,
                                    from_pretrained, weights_sha256)
 from edgefm.exporters.clip import preset_tokenizer
-from edgefm.spec import TensorSpec
+from edgefm.contract.spec import TensorSpec
 
 CONTEXT = 77  # tokens per prompt: SD pipelines always pad to the text encoder's full context
 # The checkpoint's scheduler -> the numpy scheduler edgefm runs (runtimes/schedulers.py). PNDM (SD 1.5's

@@ -7,12 +7,12 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgefm.errors import ArtifactError, EdgefmError
-from edgefm.manifest import ComponentEntry, Manifest
+from edgefm.contract.errors import ArtifactError, EdgefmError
+from edgefm.contract.manifest import ComponentEntry, Manifest
 from edgefm.runtimes.session import Session
 
 if TYPE_CHECKING:
-    from edgefm.compile_cache import CompileCache
+    from edgefm.contract.cache import CompileCache
 
 
 class Artifact:
@@ -93,7 +93,7 @@ def open_sessions(directory: Path, manifest: Manifest, cache: CompileCache | Non
 def load(directory, verify: bool = True, cache: CompileCache | None = None, **session_options) -> Artifact:
     """The artifact in `directory` as its family's Artifact class; `cache`: a job's CompileCache to share
     sessions through (see open_component)."""
-    from edgefm import registry
+    from edgefm.contract import registry
 
     directory = Path(directory)
     manifest = Manifest.load(directory, verify=verify)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefm.manifest import ComponentEntry
+from edgefm.contract.manifest import ComponentEntry
 from edgefm.runtimes.session import Session
 
 # the distributions that may provide this runtime (the hardware block's versions)

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefm.errors import ArtifactError
-from edgefm.manifest import ComponentEntry
+from edgefm.contract.errors import ArtifactError
+from edgefm.contract.manifest import ComponentEntry
 from edgefm.runtimes.session import Session
 
 # the distributions that may provide this runtime (the hardware block's versions)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgefm.errors import EdgefmError
+from edgefm.contract.errors import EdgefmError
 
 SPACINGS = ("leading", "trailing", "linspace")
 PREDICTIONS = ("epsilon", "v_prediction", "sample")

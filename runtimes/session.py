@@ -7,8 +7,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from edgefm.errors import FeedError
-from edgefm.spec import TensorSpec
+from edgefm.contract.errors import FeedError
+from edgefm.contract.spec import TensorSpec
 
 
 class Session:

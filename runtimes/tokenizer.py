@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefm.errors import ArtifactError, FeedError
+from edgefm.contract.errors import ArtifactError, FeedError
 
 
 class TextTokenizer:

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edgefm.compile_cache import CompileCache
-from edgefm.manifest import ComponentEntry
-from edgefm.spec import Precision
+from edgefm.contract.cache import CompileCache
+from edgefm.contract.manifest import ComponentEntry
+from edgefm.contract.spec import Precision
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ class Target:
                   against: Path | None, allow_below_gate: bool, overwrite: bool, log: Callable[[str], None]):
         """`edgefm engine`: finish a compiled artifact on the device that will run it (in place, or into `out`),
         gated against the fp32 export there; `flags` holds the values of the options marked `on_device`."""
-        from edgefm.errors import EdgefmError
+        from edgefm.contract.errors import EdgefmError
 
         raise EdgefmError(f"{self.name} artifacts have no on-device step: they run as compiled")
 
@@ -168,6 +168,6 @@ class Target:
 
     def on_device_plan(self, artifact: Path, manifest, flags: dict) -> dict:
         """`edgefm plan`: what the on-device step will build, as JSON-ready data."""
-        from edgefm.errors import EdgefmError
+        from edgefm.contract.errors import EdgefmError
 
         raise EdgefmError(f"{self.name} artifacts have no on-device step, so no plan: they run as compiled")

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefm.errors import EdgefmError, UnknownChoiceError
-from edgefm.manifest import ComponentEntry, sha256_file
-from edgefm.spec import Precision, dim_range
+from edgefm.contract.errors import EdgefmError, UnknownChoiceError
+from edgefm.contract.manifest import ComponentEntry, sha256_file
+from edgefm.contract.spec import Precision, dim_range
 from edgefm.targets.base import CompileRequest, Scheme, Target, option
 
 DEPLOYMENT_TARGETS = ("ios17", "macos14", "ios18", "macos15")
@@ -306,7 +306,7 @@ def _load_spec(package: Path):
 
 
 def _mib(path: Path) -> float:
-    from edgefm.manifest import disk_bytes
+    from edgefm.contract.manifest import disk_bytes
 
     return disk_bytes(path) / 2**20
 

@@ -25,9 +25,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefm.errors import EdgefmError
-from edgefm.manifest import ComponentEntry, sha256_file
-from edgefm.spec import Check, Precision
+from edgefm.contract.errors import EdgefmError
+from edgefm.contract.manifest import ComponentEntry, sha256_file
+from edgefm.contract.spec import Check, Precision
 from edgefm.targets.base import CompileRequest, Scheme, Target, option
 
 COMPUTE_OPS = ("linear", "convolution", "addmm", "mm", "bmm")  # what must run in XNNPACK (edge op names)
@@ -208,7 +208,7 @@ def _component(request: CompileRequest):
 
 
 def _family(request: CompileRequest) -> str:
-    from edgefm.manifest import Manifest
+    from edgefm.contract.manifest import Manifest
 
     return Manifest.load(Path(request.source).parent, verify=False).family
 

@@ -8,7 +8,7 @@ import copy
 
 import numpy as np
 
-from edgefm.errors import EdgefmError
+from edgefm.contract.errors import EdgefmError
 from edgefm.runtimes.session import batch_items
 from edgefm.targets.base import CompileRequest, first_and_last
 

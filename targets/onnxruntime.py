@@ -12,8 +12,8 @@ from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefm.errors import EdgefmError
-from edgefm.spec import Precision
+from edgefm.contract.errors import EdgefmError
+from edgefm.contract.spec import Precision
 from edgefm.targets.base import CompileRequest, Scheme, Target, first_and_last, option
 
 MATMUL_CONV = ["MatMul", "Gemm", "Conv"]
@@ -233,7 +233,7 @@ class OnnxRuntimeTarget(Target):
         quantizer.process()
         quantizer.model.save_model_to_file(str(out), use_external_data_format=_external(request))
 
-    # -- layers back in float (the per-layer search of edgefm.sensitivity) -----------------------
+    # -- layers back in float (the per-layer search of edgefm.jobs.sensitivity) -----------------------
     def quantized_layers(self, request: CompileRequest, file: str) -> list[str]:
         import onnx
 

@@ -12,8 +12,8 @@ import logging
 import sys
 from dataclasses import dataclass
 
-from edgefm.errors import EdgefmError
-from edgefm.spec import Precision
+from edgefm.contract.errors import EdgefmError
+from edgefm.contract.spec import Precision
 from edgefm.targets.base import CompileRequest, Scheme, Target, first_and_last, option
 
 QUANTIZABLE = ("MatMul", "Convolution")
@@ -169,7 +169,7 @@ class OpenVinoTarget(Target):
             subset_size=len(feeds) if mixed else 128,
             advanced_parameters=AdvancedCompressionParameters(group_size_fallback_mode=GroupSizeFallbackMode.ADJUST))
 
-    # -- layers back in float (the per-layer search of edgefm.sensitivity) -----------------------
+    # -- layers back in float (the per-layer search of edgefm.jobs.sensitivity) -----------------------
     def quantized_layers(self, request: CompileRequest, file: str) -> list[str]:
         import openvino as ov
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefm.errors import EdgefmError
-from edgefm.spec import Precision
+from edgefm.contract.errors import EdgefmError
+from edgefm.contract.spec import Precision
 from edgefm.targets.base import CompileRequest, Scheme, Target, option
 from edgefm.targets.onnxruntime import FP16_SENSITIVE, MATMUL_CONV
 from edgefm.targets.tensorrt_plan import (DEVICE_PROFILES, PLAN_FILE, artifact_dims, check_shape_dims,

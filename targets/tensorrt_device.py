@@ -15,9 +15,9 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from edgefm.errors import EdgefmError
-from edgefm.manifest import Manifest, sha256_file
-from edgefm.staging import staging_dir
+from edgefm.contract.errors import EdgefmError
+from edgefm.contract.manifest import Manifest, sha256_file
+from edgefm.contract.staging import staging_dir
 
 
 def cache_dir() -> Path:
@@ -33,7 +33,7 @@ def build_engines(artifact: Path, out: Path | None = None, device_profile: str |
     engine cache; `out` writes a new artifact instead of rewriting `artifact` in place."""
     from edgefm.runtimes.tensorrt import unavailable_reason
     from edgefm.targets.tensorrt_plan import PLAN_FILE, build_plan, check_device
-    from edgefm.validate_job import recorded_parent
+    from edgefm.jobs.validate import recorded_parent
 
     artifact = Path(artifact).resolve()
     manifest = Manifest.load(artifact)
@@ -108,9 +108,9 @@ def _engine_entry(entry, name: str, component: dict, plan: dict, here: dict, cac
 def _gated(directory: Path, manifest: Manifest, reference: Path, allow_below_gate: bool, log) -> Manifest:
     """The engines' own figures against the fp32 export, on this GPU; below a gate, a GateError (and the staging
     directory goes) unless `allow_below_gate`."""
-    from edgefm.errors import GateError
-    from edgefm.spec import describe_checks
-    from edgefm.validate_job import validate
+    from edgefm.contract.errors import GateError
+    from edgefm.contract.spec import describe_checks
+    from edgefm.jobs.validate import validate
 
     gated = validate(directory, against=reference, log=log)
     below = [f"{name}: {describe_checks(e.validation)}" for name, e in gated.components.items()

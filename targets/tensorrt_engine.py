@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgefm.errors import EdgefmError
+from edgefm.contract.errors import EdgefmError
 
 
 def build_engine(onnx_path: Path, component: dict, device_profile: dict, timing_cache: Path) -> bytes:

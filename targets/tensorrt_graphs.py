@@ -12,7 +12,7 @@ import io
 import json
 from pathlib import Path
 
-from edgefm.spec import Check, Precision
+from edgefm.contract.spec import Check, Precision
 from edgefm.targets.base import CompileRequest
 from edgefm.targets.onnxruntime import (MATMUL_CONV, _FeedReader, _ends, constant_names, largest_same_shape_group,
                                        quantized_nodes, quiet_logs, restore_nodes)

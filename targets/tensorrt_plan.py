@@ -10,9 +10,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from edgefm.errors import ArtifactError, EdgefmError
-from edgefm.manifest import Manifest, inside
-from edgefm.spec import dim_range
+from edgefm.contract.errors import ArtifactError, EdgefmError
+from edgefm.contract.manifest import Manifest, inside
+from edgefm.contract.spec import dim_range
 
 PLAN_FORMAT = 1
 PLAN_FILE = "build_plan.json"  # written by `edgefm compile --target tensorrt` beside the graphs

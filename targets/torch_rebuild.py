@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefm.compile_cache import CompileCache
-from edgefm.errors import ArtifactError
-from edgefm.manifest import Manifest
+from edgefm.contract.cache import CompileCache
+from edgefm.contract.errors import ArtifactError
+from edgefm.contract.manifest import Manifest
 
 
 def rebuilt_components(artifact: Path, manifest_sha256: str, cache: CompileCache) -> dict:
@@ -22,7 +22,7 @@ def rebuilt_components(artifact: Path, manifest_sha256: str, cache: CompileCache
 
 
 def _rebuilt(artifact: Path) -> dict:
-    from edgefm import registry
+    from edgefm.contract import registry
     from edgefm.exporters.base import ExportOptions, Source
 
     manifest = Manifest.load(artifact, verify=False)

@@ -21,7 +21,7 @@ def _exported(family: str):
     """A session fixture: the family's tiny preset exported once, to work/<family>."""
     @pytest.fixture(scope="session", name=f"{family}_exported")
     def exported(work):
-        from edgefm.export_job import export
+        from edgefm.jobs.export import export
 
         export(family, work / family, variant="tiny", log=_quiet)
         return work / family
@@ -35,7 +35,7 @@ clip_exported, dinov2_exported, sam2_exported, sd15_exported, sdxl_exported = (
 
 @pytest.fixture(scope="session")
 def dinov2_dynamic(work):
-    from edgefm.export_job import export
+    from edgefm.jobs.export import export
     from edgefm.exporters.base import ExportOptions
 
     export("dinov2", work / "dinov2-dyn", variant="tiny", options=ExportOptions(dynamic_resolution=True),
@@ -46,7 +46,7 @@ def dinov2_dynamic(work):
 @pytest.fixture(scope="session")
 def compiled(work, request):
     """compiled(family, precision, target="onnxruntime") -> artifact dir, built on first use."""
-    from edgefm.compile_job import compile_artifact
+    from edgefm.jobs.compile import compile_artifact
 
     made = {}
 
@@ -70,7 +70,7 @@ def photos():
 @pytest.fixture(scope="session")
 def sam2_tiny():
     """(family, loaded torch model) of the SAM 2 tiny preset: the weights sam2_exported was made from."""
-    from edgefm import registry
+    from edgefm.contract import registry
     from edgefm.exporters.base import ExportOptions
 
     family = registry.family("sam2")
@@ -86,7 +86,7 @@ def sam2_fp32(request, sam2_exported, compiled):
 @pytest.fixture(scope="session")
 def diffusers_tiny():
     """diffusers_tiny(family) -> (family, loaded torch modules and tokenizers): the weights *_exported came from."""
-    from edgefm import registry
+    from edgefm.contract import registry
     from edgefm.exporters.base import ExportOptions
 
     made = {}

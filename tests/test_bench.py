@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from edgefm import bench_report, hardware, registry
-from edgefm.auto_precision import TIE, choose, compile_auto
-from edgefm.bench import run_bench
-from edgefm.errors import EdgefmError, GateError
-from edgefm.manifest import Manifest
+from edgefm.bench import report as bench_report
+from edgefm.bench import hardware
+from edgefm.contract import registry
+from edgefm.jobs.auto import TIE, choose, compile_auto
+from edgefm.bench.runner import run_bench
+from edgefm.contract.errors import EdgefmError, GateError
+from edgefm.contract.manifest import Manifest
 
 
 @pytest.fixture(scope="module")

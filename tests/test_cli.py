@@ -7,7 +7,7 @@ import sys
 
 from click.testing import CliRunner
 
-from edgefm.auto_precision import TIE
+from edgefm.jobs.auto import TIE
 from edgefm.cli import main
 
 
@@ -44,7 +44,7 @@ def test_errors_are_one_clear_line(tmp_path):
 
 
 def test_build_validate_inspect(tmp_path, clip_exported, monkeypatch):
-    from edgefm import registry
+    from edgefm.contract import registry
 
     result = _run("build", "dinov2", "--variant", "tiny", "--precision", "int8", "-o", tmp_path / "b")
     assert result.exit_code == 0, result.output
@@ -67,7 +67,7 @@ def test_build_validate_inspect(tmp_path, clip_exported, monkeypatch):
 
 
 def test_allow_below_gate_sets_exit_code(tmp_path, dinov2_exported, monkeypatch):
-    from edgefm import registry
+    from edgefm.contract import registry
 
     gates = type(registry.family("dinov2")).gates
     monkeypatch.setattr(type(registry.family("dinov2")), "gates", lambda self, c, p: {**gates(self, c, p), "cosine": 1.5})

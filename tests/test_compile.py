@@ -8,11 +8,11 @@ import pytest
 from PIL import Image, ImageOps
 
 import edgefm
-from edgefm import registry
-from edgefm.compare import cosine_rows
-from edgefm.compile_job import compile_artifact
-from edgefm.errors import ArtifactError, CalibrationError, GateError, UnknownChoiceError
-from edgefm.manifest import Manifest
+from edgefm.contract import registry
+from edgefm.contract.compare import cosine_rows
+from edgefm.jobs.compile import compile_artifact
+from edgefm.contract.errors import ArtifactError, CalibrationError, GateError, UnknownChoiceError
+from edgefm.contract.manifest import Manifest
 from edgefm.runtimes.preprocess import preprocess
 from edgefm.targets.onnxruntime import OnnxRuntimeOptions
 

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from edgefm.errors import ArtifactError, EdgefmError
+from edgefm.contract.errors import ArtifactError, EdgefmError
 
 ct = pytest.importorskip("coremltools", reason="coremltools is in the build extra")
 
@@ -31,7 +31,7 @@ def _quiet(_):
 @pytest.fixture(scope="session")
 def coreml(work, request):
     """coreml(family, precision, **options) -> compiled Core ML artifact dir, built on first use."""
-    from edgefm.compile_job import compile_artifact, target_options
+    from edgefm.jobs.compile import compile_artifact, target_options
 
     made = {}
 
@@ -55,7 +55,7 @@ def _spec(package):
 @pytest.mark.parametrize("precision", ["fp16", "int8", "int4"])
 @pytest.mark.parametrize("family", ["clip", "dinov2", "sam2", "sd15", "sdxl"])
 def test_every_family_converts_with_static_checks(coreml, family, precision):
-    from edgefm.manifest import Manifest
+    from edgefm.contract.manifest import Manifest
 
     out = coreml(family, precision)
     manifest = Manifest.load(out)  # also verifies every package's sha256
@@ -82,8 +82,8 @@ def test_static_checks_fail_on_wrong_packages(coreml, clip_exported):
     """Negative controls: each static check rejects a package that does not match what was asked."""
     import dataclasses
 
-    from edgefm.manifest import Manifest
-    from edgefm.spec import TensorSpec
+    from edgefm.contract.manifest import Manifest
+    from edgefm.contract.spec import TensorSpec
     from edgefm.targets import coreml_checks
     from edgefm.targets.coreml import _ct_target
 
@@ -109,7 +109,7 @@ def test_static_checks_fail_on_wrong_packages(coreml, clip_exported):
 def test_int4_and_int8_store_fewer_bytes(coreml):
     """On the text encoder: in the tiny image encoder, a patch-embedding conv whose 3 input channels no
     int4 block divides (kept fp16) outweighs the linear layers, which a real-size ViT's does not."""
-    from edgefm.manifest import Manifest
+    from edgefm.contract.manifest import Manifest
 
     sizes = {p: Manifest.load(coreml("clip", p)).components["text_encoder"].size_mib(coreml("clip", p))
              for p in ("fp16", "int8", "int4")}
@@ -118,7 +118,7 @@ def test_int4_and_int8_store_fewer_bytes(coreml):
 
 @pytest.mark.slow
 def test_palettized_weights(coreml):
-    from edgefm.manifest import Manifest
+    from edgefm.contract.manifest import Manifest
 
     out = coreml("clip", "int8", palettize_bits=6)
     entry = Manifest.load(out).components["image_encoder"]
@@ -158,8 +158,8 @@ def test_bicubic_position_embeddings_are_baked(tmp_path):
 
 
 def test_dinov2_dynamic_resolution_needs_fixed_shapes(dinov2_dynamic, tmp_path):
-    from edgefm.compile_job import compile_artifact, target_options
-    from edgefm.manifest import Manifest
+    from edgefm.jobs.compile import compile_artifact, target_options
+    from edgefm.contract.manifest import Manifest
 
     with pytest.raises(EdgefmError, match="fixed-shapes"):
         compile_artifact(dinov2_dynamic, "coreml", "fp16", tmp_path / "ranged", calib_size=4, log=_quiet)
@@ -173,7 +173,7 @@ def test_dinov2_dynamic_resolution_needs_fixed_shapes(dinov2_dynamic, tmp_path):
 @pytest.mark.slow
 def test_ranged_and_int32_inputs(coreml):
     """SAM 2's point count and memory sizes stay ranged; token ids go in as int32 (the CLIP EOS argmax)."""
-    from edgefm.manifest import Manifest
+    from edgefm.contract.manifest import Manifest
 
     sam2 = coreml("sam2", "fp16")
     decoder = _spec(sam2 / "mask_decoder.mlpackage")
@@ -189,7 +189,7 @@ def test_ranged_and_int32_inputs(coreml):
 
 @pytest.mark.slow
 def test_chunked_unet_keeps_its_interface(sd15_exported, tmp_path):
-    from edgefm.compile_job import compile_artifact, target_options
+    from edgefm.jobs.compile import compile_artifact, target_options
 
     with pytest.raises(EdgefmError, match="--fixed-shapes"):
         target_options("coreml", chunk_over_mib=0.05)
@@ -202,7 +202,7 @@ def test_chunked_unet_keeps_its_interface(sd15_exported, tmp_path):
 
 
 def test_refusals(clip_exported, tmp_path):
-    from edgefm.compile_job import compile_artifact, target_options
+    from edgefm.jobs.compile import compile_artifact, target_options
 
     with pytest.raises(EdgefmError, match="ios18"):
         compile_artifact(clip_exported, "coreml", "int4", tmp_path / "a",
@@ -244,7 +244,7 @@ def test_session_splits_the_batch_and_casts_token_ids():
     float32 outputs in order. The model is a stand-in for predict() only: this verifies nothing of Core ML."""
     from edgefm.runtimes.coreml import CoreMLSession
     from edgefm.runtimes.session import Session
-    from edgefm.spec import TensorSpec
+    from edgefm.contract.spec import TensorSpec
 
     class PredictOnly:
         def __init__(self):
@@ -265,9 +265,9 @@ def test_session_splits_the_batch_and_casts_token_ids():
 
 
 def test_runtime_checks_the_sizes_a_package_was_built_for():
-    from edgefm.errors import FeedError
+    from edgefm.contract.errors import FeedError
     from edgefm.runtimes.coreml import check_package_shapes
-    from edgefm.spec import TensorSpec
+    from edgefm.contract.spec import TensorSpec
 
     specs = [TensorSpec("sample", "float32", ("batch", 4, "latent_height", "latent_width"))]
     feed = {"sample": np.zeros((2, 4, 8, 8), np.float32)}
@@ -294,8 +294,8 @@ def test_runtime_refuses_off_apple(coreml):
 def test_macos_parity_with_fp32_onnx(coreml, family, precision, request):
     """The packages themselves, through Core ML, against the fp32 ONNX export on fresh random feeds."""
     import edgefm
-    from edgefm import registry
-    from edgefm.compare import cosine_rows
+    from edgefm.contract import registry
+    from edgefm.contract.compare import cosine_rows
 
     reference = edgefm.load(request.getfixturevalue(f"{family}_exported"))
     compiled = edgefm.load(coreml(family, precision))

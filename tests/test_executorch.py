@@ -10,8 +10,8 @@ import types
 import numpy as np
 import pytest
 
-from edgefm.errors import EdgefmError, FeedError
-from edgefm.spec import TensorSpec
+from edgefm.contract.errors import EdgefmError, FeedError
+from edgefm.contract.spec import TensorSpec
 
 pytest.importorskip("executorch.runtime", reason="executorch is not installed (pip install executorch)")
 pytest.importorskip("torchao", reason="the executorch target quantizes with torchao (pip install torchao)")
@@ -32,7 +32,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.parametrize("family,precision", BUILDS)
 def test_compiles_passes_gates_with_static_checks(compiled, family, precision):
-    from edgefm.manifest import Manifest
+    from edgefm.contract.manifest import Manifest
 
     out = compiled(family, precision, "executorch")
     manifest = Manifest.load(out)  # verifies every file's sha256
@@ -54,7 +54,7 @@ def test_compiles_passes_gates_with_static_checks(compiled, family, precision):
 
 @pytest.mark.parametrize("family", [pytest.param("clip", marks=SLOW), "dinov2"])
 def test_static_int8_records_calibration_and_shrinks_weights(compiled, family):
-    from edgefm.manifest import Manifest
+    from edgefm.contract.manifest import Manifest
 
     fp32 = Manifest.load(compiled(family, "fp32", "executorch"))
     int8 = Manifest.load(compiled(family, "int8", "executorch"))
@@ -116,7 +116,7 @@ def test_a_feed_of_another_size_is_refused_naming_the_size(compiled):
 
 
 def test_a_dynamic_resolution_export_is_refused_before_any_work(dinov2_dynamic, tmp_path):
-    from edgefm.compile_job import compile_artifact
+    from edgefm.jobs.compile import compile_artifact
 
     out = tmp_path / "out"
     with pytest.raises(EdgefmError, match="static shapes.*height.*export without --dynamic-resolution"):
@@ -138,8 +138,8 @@ def test_families_whose_sizes_vary_per_call_are_refused():
 
 
 def test_a_conversion_failure_names_the_component_and_cause(clip_exported, tmp_path, monkeypatch):
-    from edgefm.manifest import Manifest
-    from edgefm.spec import Precision
+    from edgefm.contract.manifest import Manifest
+    from edgefm.contract.spec import Precision
     from edgefm.targets import executorch_lower
     from edgefm.targets.base import CompileRequest
     from edgefm.targets.executorch import TARGET, ExecuTorchOptions
@@ -175,7 +175,7 @@ def test_static_checks_fail_on_programs_that_are_not_as_asked(tmp_path):
 
 
 def test_options_are_checked_and_become_flags():
-    from edgefm.cli_flags import target_flags
+    from edgefm.cli.flags import target_flags
     from edgefm.targets.executorch import ExecuTorchOptions
 
     with pytest.raises(EdgefmError, match="power of two"):
@@ -184,8 +184,8 @@ def test_options_are_checked_and_become_flags():
 
 
 def test_bench_runs_on_an_executorch_artifact(compiled):
-    from edgefm import bench_report
-    from edgefm.bench import run_bench
+    from edgefm.bench import report as bench_report
+    from edgefm.bench.runner import run_bench
 
     artifact = compiled("clip", "fp32", "executorch")
     report = run_bench([artifact], batches=[1, 2], warmup=1, iters=2, threads=None)
@@ -201,7 +201,7 @@ def test_cli_compiles_int8(dinov2_exported, tmp_path):
     from click.testing import CliRunner
 
     from edgefm.cli import main
-    from edgefm.manifest import Manifest
+    from edgefm.contract.manifest import Manifest
 
     out = tmp_path / "et"
     result = CliRunner().invoke(main, ["compile", str(dinov2_exported), "--target", "executorch", "--precision",

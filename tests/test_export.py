@@ -8,11 +8,11 @@ import onnx
 import pytest
 import torch
 
-from edgefm import registry
-from edgefm.errors import EdgefmError, GateError
-from edgefm.export_job import export
+from edgefm.contract import registry
+from edgefm.contract.errors import EdgefmError, GateError
+from edgefm.jobs.export import export
 from edgefm.exporters.base import ExportOptions
-from edgefm.manifest import Manifest, sha256_file
+from edgefm.contract.manifest import Manifest, sha256_file
 
 
 def _torch_component(family: str, source_kwargs: dict, options=ExportOptions(), name="image_encoder"):

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from edgefm import registry
+from edgefm.contract import registry
 from edgefm.calibration.recipe import CalibrationRecipe, CheckContext
-from edgefm.compile_cache import CompileCache
-from edgefm.gates import GATES
+from edgefm.contract.cache import CompileCache
+from edgefm.contract.gates import GATES
 from edgefm.runtimes.loader import Artifact
 
 
@@ -27,7 +27,7 @@ def test_every_family_gives_its_recipe_and_artifact_class(name):
 
 
 def test_exporting_a_family_imports_no_recipe_or_runtime_pipeline():
-    code = ("import sys\nfrom edgefm import registry\nregistry.families()\n"
+    code = ("import sys\nfrom edgefm.contract import registry\nregistry.families()\n"
             "print([m for m in sys.modules if m.startswith(('edgefm.calibration', 'edgefm.runtimes.pipelines'))])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

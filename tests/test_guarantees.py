@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import edgefm
 from edgefm.cli import main
-from edgefm.errors import ArtifactError, EdgefmError
-from edgefm.manifest import Manifest, sha256_file
+from edgefm.contract.errors import ArtifactError, EdgefmError
+from edgefm.contract.manifest import Manifest, sha256_file
 
 
 def _run(*args):
@@ -208,7 +208,7 @@ def test_overwrite_replaces_an_artifact_and_an_empty_folder(dinov2_exported, tmp
 
 
 def test_a_folder_appearing_at_the_output_during_the_build_is_not_replaced(dinov2_exported, tmp_path):
-    from edgefm.compile_job import compile_artifact
+    from edgefm.jobs.compile import compile_artifact
 
     out = tmp_path / "out"
 
@@ -413,12 +413,12 @@ def test_user_mistakes_are_one_line_with_exit_code_2(dinov2_exported, tmp_path):
 
 
 def test_a_bug_keeps_its_traceback_and_asks_to_be_reported(dinov2_exported, monkeypatch):
-    import edgefm.validate_job
+    import edgefm.jobs.validate
 
     def broken(*args, **kwargs):
         raise RuntimeError("an edgefm bug")
 
-    monkeypatch.setattr(edgefm.validate_job, "validate", broken)
+    monkeypatch.setattr(edgefm.jobs.validate, "validate", broken)
     result = _run("validate", dinov2_exported)
     assert result.exit_code == 1
     assert "an edgefm bug" in result.output and "this is a bug in edgefm" in result.output
@@ -427,12 +427,12 @@ def test_a_bug_keeps_its_traceback_and_asks_to_be_reported(dinov2_exported, monk
 def test_a_full_disk_is_a_one_line_error(dinov2_exported, tmp_path, monkeypatch):
     import errno
 
-    import edgefm.validate_job
+    import edgefm.jobs.validate
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))
 
-    monkeypatch.setattr(edgefm.validate_job, "validate", full)
+    monkeypatch.setattr(edgefm.jobs.validate, "validate", full)
     assert "No space left on device" in _one_line_error(_run("validate", dinov2_exported))
 
 
@@ -496,9 +496,9 @@ def test_non_finite_values_inside_a_pipeline_check_fail_the_trial_not_the_compil
                                                                                   monkeypatch):
     """Session.run refuses NaN / Inf feeds; in an end-to-end check that means a component overflowed, which is a
     failed trial (the component goes back to fp32), not an aborted compile."""
-    from edgefm import registry
-    from edgefm.compile_job import compile_artifact
-    from edgefm.errors import FeedError
+    from edgefm.contract import registry
+    from edgefm.jobs.compile import compile_artifact
+    from edgefm.contract.errors import FeedError
 
     recipe = registry.family("sd15").calibration()
     real = recipe.pipeline_checks

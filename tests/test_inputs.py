@@ -10,7 +10,7 @@ from PIL import Image, ImageCms
 
 import edgefm
 from edgefm.cli import main
-from edgefm.errors import CalibrationError, FeedError
+from edgefm.contract.errors import CalibrationError, FeedError
 from edgefm.runtimes.preprocess import as_image_list, as_pil
 
 
@@ -260,7 +260,7 @@ def test_run_refuses_outputs_that_cannot_be_written_or_destroy_input(sam2_export
 
 
 def test_run_video_never_writes_into_the_frames(sam2_exported, tmp_path, photos):
-    from edgefm.run_job import check_frames_out
+    from edgefm.jobs.run import check_frames_out
 
     frames = tmp_path / "frames"
     frames.mkdir()

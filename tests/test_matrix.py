@@ -14,9 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 from edgefm.cli import main
-from edgefm.errors import ArtifactError
-from edgefm.manifest import Manifest
-from edgefm.matrix_spec import SpecError, load_spec
+from edgefm.contract.errors import ArtifactError
+from edgefm.contract.manifest import Manifest
+from edgefm.matrix.spec import SpecError, load_spec
 
 TINY_SPEC = """\
 batch_sizes = [1, 2]
@@ -55,7 +55,7 @@ def ray_local():
 
 
 def run(spec: Path, out: Path) -> dict:
-    from edgefm.matrix import run_matrix
+    from edgefm.matrix.driver import run_matrix
 
     return run_matrix(load_spec(spec), out)
 
@@ -178,8 +178,8 @@ def test_the_cli_prints_a_spec_error_on_one_line_before_starting_ray(tmp_path):
 
 
 def test_an_output_folder_that_is_not_a_matrix_is_refused(tmp_path):
-    from edgefm.errors import EdgefmError
-    from edgefm.matrix_store import Store
+    from edgefm.contract.errors import EdgefmError
+    from edgefm.matrix.store import Store
 
     (tmp_path / "mine.txt").write_text("keep me")
     with pytest.raises(EdgefmError, match="holds files that are not an edgefm matrix's"):
@@ -188,7 +188,7 @@ def test_an_output_folder_that_is_not_a_matrix_is_refused(tmp_path):
 
 
 def test_an_artifact_tar_cannot_write_outside_its_folder(tmp_path):
-    from edgefm.matrix_tasks import unpack
+    from edgefm.matrix.tasks import unpack
 
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -204,7 +204,7 @@ def test_an_artifact_tar_cannot_write_outside_its_folder(tmp_path):
 def test_a_tampered_artifact_fails_its_hashes_when_it_arrives(dinov2_exported, tmp_path):
     import shutil
 
-    from edgefm.matrix_tasks import pack, unpack
+    from edgefm.matrix.tasks import pack, unpack
 
     copy = tmp_path / "copy"
     shutil.copytree(dinov2_exported, copy)

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from edgefm.hardware import summary_lines
-from edgefm.matrix_report import html, markdown, pareto, write_report
+from edgefm.bench.hardware import summary_lines
+from edgefm.matrix.report import html, markdown, pareto, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -150,10 +150,10 @@ def test_write_report_files(tmp_path):
 def test_cli_rerenders_next_to_the_json(tmp_path):
     source = tmp_path / "report.json"
     source.write_text(json.dumps(_report()))
-    done = subprocess.run([sys.executable, "-m", "edgefm.matrix_report", str(source)], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "edgefm.matrix.report", str(source)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "report.html").is_file() and (tmp_path / "latency.png").is_file()
-    bad = subprocess.run([sys.executable, "-m", "edgefm.matrix_report", str(tmp_path / "missing.json")],
+    bad = subprocess.run([sys.executable, "-m", "edgefm.matrix.report", str(tmp_path / "missing.json")],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import edgefm
-from edgefm.compile_job import compile_artifact, target_options
-from edgefm.errors import ArtifactError, EdgefmError
-from edgefm.manifest import Manifest
+from edgefm.jobs.compile import compile_artifact, target_options
+from edgefm.contract.errors import ArtifactError, EdgefmError
+from edgefm.contract.manifest import Manifest
 from edgefm.targets.openvino import OpenVinoOptions
 
 
@@ -49,7 +49,7 @@ def test_task_helpers_match_onnxruntime(compiled, photos):
 
 
 def test_validate_reruns_the_gates(compiled):
-    from edgefm.validate_job import validate
+    from edgefm.jobs.validate import validate
 
     manifest = validate(compiled("clip", "int8", "openvino"), log=_quiet)
     assert all(e.validation["passed"] and e.validation["reference"] == "fp32 export (ONNX Runtime)"
@@ -87,7 +87,7 @@ def test_options_are_checked_per_target():
 
 @pytest.mark.parametrize("reduced", ["bf16", "f32"])
 def test_int8_ladder_tries_reduced_float_compute_first_where_the_cpu_has_it(monkeypatch, reduced):
-    from edgefm.spec import Precision
+    from edgefm.contract.spec import Precision
     from edgefm.targets import openvino
 
     monkeypatch.setattr(openvino, "_reduced_precision", lambda device: reduced)

@@ -18,7 +18,7 @@ SHARED = sorted((ROOT / "core").glob("*.py")) + [ROOT / "runtimes" / "session.py
 
 def _concrete_names() -> set[str]:
     """Every registered family and target, the runtimes they write for, and the SDK modules targets need."""
-    from edgefm import registry
+    from edgefm.contract import registry
 
     targets = registry.targets().values()
     names = set(registry.families()) | {t.name for t in targets} | {t.runtime for t in targets}
@@ -80,7 +80,7 @@ class _ToyOptions:
 
 
 def _toy_target():
-    from edgefm.spec import Precision
+    from edgefm.contract.spec import Precision
     from edgefm.targets.base import Target
 
     class ToyTarget(Target):
@@ -94,7 +94,7 @@ def _toy_target():
 
 @pytest.fixture
 def with_toy_target(monkeypatch):
-    from edgefm import registry
+    from edgefm.contract import registry
 
     real = registry.targets
     monkeypatch.setattr(registry, "targets", lambda: {**real(), "toy": _toy_target()})
@@ -106,7 +106,7 @@ def _params(command: click.Command) -> dict[str, click.Parameter]:
 
 
 def test_cli_flags_come_from_the_targets_options(with_toy_target):
-    from edgefm.cli_flags import TargetFlagsCommand, target_flags
+    from edgefm.cli.flags import TargetFlagsCommand, target_flags
 
     compile_like = TargetFlagsCommand("x", params=[click.Option(["--target"])])
     params = _params(compile_like)
@@ -118,7 +118,7 @@ def test_cli_flags_come_from_the_targets_options(with_toy_target):
     on_device = _params(TargetFlagsCommand("y", on_device=True))
     assert "colour" in on_device and "sharpness" not in on_device
     # every real target's declared options are flags too
-    from edgefm import registry
+    from edgefm.contract import registry
     from edgefm.targets.base import flag_fields
 
     for target in registry.targets().values():
@@ -126,7 +126,7 @@ def test_cli_flags_come_from_the_targets_options(with_toy_target):
 
 
 def test_flag_values_reach_the_options_dataclass(with_toy_target):
-    from edgefm.cli_flags import TargetFlagsCommand, split_flags
+    from edgefm.cli.flags import TargetFlagsCommand, split_flags
 
     seen = {}
     command = TargetFlagsCommand("x", params=[click.Option(["--target"])], callback=lambda **kw: seen.update(kw))
@@ -150,7 +150,7 @@ def test_a_target_without_an_on_device_step_says_so(compiled):
 
 
 def test_targets_lists_every_registered_target():
-    from edgefm import registry
+    from edgefm.contract import registry
     from edgefm.cli import main
 
     result = CliRunner().invoke(main, ["targets"])
@@ -173,7 +173,7 @@ def test_sessions_are_context_managers(compiled):
 
 def test_runtime_settings_are_written_by_the_target(compiled):
     """The runtime reads how to run a file from the manifest (`options.runtime`), which the target wrote."""
-    from edgefm.manifest import Manifest
+    from edgefm.contract.manifest import Manifest
 
     openvino = Manifest.load(compiled("dinov2", "fp16", "openvino")).components["image_encoder"].options
     assert openvino["runtime"] == {"device": "CPU", "inference_precision": openvino["compile"]["inference_precision"]}

@@ -32,7 +32,7 @@ def test_image_overlay_tints_exactly_the_predicted_mask(sam2_exported, photos, t
 
 
 def test_overlay_changes_only_masked_pixels_and_the_prompt_marks(photos):
-    from edgefm.run_job import overlay
+    from edgefm.jobs.run import overlay
 
     image = Image.open(photos[2]).convert("RGB")
     rng = np.random.default_rng()

@@ -13,8 +13,8 @@ import transformers
 from PIL import Image
 
 import edgefm
-from edgefm import registry
-from edgefm.errors import ArtifactError, FeedError
+from edgefm.contract import registry
+from edgefm.contract.errors import ArtifactError, FeedError
 from edgefm.exporters.base import ExportOptions
 from edgefm.runtimes.preprocess import preprocess
 

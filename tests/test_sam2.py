@@ -9,10 +9,10 @@ import transformers
 from PIL import Image
 
 import edgefm
-from edgefm.errors import FeedError
+from edgefm.contract.errors import FeedError
 from edgefm.exporters.base import ExportOptions
 from edgefm.exporters.sam2 import VARIANTS
-from edgefm.manifest import Manifest
+from edgefm.contract.manifest import Manifest
 from edgefm.runtimes.pipelines.sam2 import bilinear_resize, pixels
 from sam2_reference import iou
 
@@ -175,7 +175,7 @@ def test_bad_prompts_are_explained(sam2_exported, kwargs, message):
 
 
 def test_compile_fp32_keeps_masks(sam2_exported, tmp_path):
-    from edgefm.compile_job import compile_artifact
+    from edgefm.jobs.compile import compile_artifact
 
     manifest = compile_artifact(sam2_exported, "onnxruntime", "fp32", tmp_path / "fp32", log=lambda m: None)
     assert tuple(manifest.components) == COMPONENTS

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image, ImageOps
 
 import edgefm
-from edgefm import registry
-from edgefm.errors import GateError
-from edgefm.manifest import Manifest
+from edgefm.contract import registry
+from edgefm.contract.errors import GateError
+from edgefm.contract.manifest import Manifest
 from sam2_reference import iou
 
 CHECKS = {"image_mask_iou", "image_mask_iou_median", "video_mask_iou", "video_mask_iou_median"}
@@ -61,7 +61,7 @@ def strict_gates(monkeypatch, compiled):
 
 @pytest.mark.slow
 def test_pipeline_below_gate_keeps_components_in_fp32(sam2_exported, strict_gates, tmp_path):
-    from edgefm.compile_job import compile_artifact
+    from edgefm.jobs.compile import compile_artifact
 
     strict, halfway = strict_gates
     strict(halfway)
@@ -80,7 +80,7 @@ def test_pipeline_below_gate_keeps_components_in_fp32(sam2_exported, strict_gate
 
 @pytest.mark.slow
 def test_pipeline_that_cannot_pass_writes_nothing(sam2_exported, strict_gates, tmp_path):
-    from edgefm.compile_job import compile_artifact
+    from edgefm.jobs.compile import compile_artifact
 
     strict, _ = strict_gates
     strict(1.5)
@@ -91,7 +91,7 @@ def test_pipeline_that_cannot_pass_writes_nothing(sam2_exported, strict_gates, t
 
 @pytest.mark.slow
 def test_demo_picture_compares_masks_by_precision(sam2_exported, compiled, tmp_path):
-    from edgefm import registry
+    from edgefm.contract import registry
 
     path, _ = registry.family("sam2").demo_picture(sam2_exported, [compiled("sam2", "fp16"), compiled("sam2", "int8")],
                                                    tmp_path)
@@ -104,7 +104,7 @@ def test_demo_picture_compares_masks_by_precision(sam2_exported, compiled, tmp_p
 
 @pytest.mark.slow
 def test_validate_reruns_the_end_to_end_check(compiled):
-    from edgefm.validate_job import validate
+    from edgefm.jobs.validate import validate
 
     directory = compiled("sam2", "int8", "openvino")
     recorded = Manifest.load(directory).pipeline_validation
@@ -118,7 +118,7 @@ def test_validate_reruns_the_end_to_end_check(compiled):
 def test_component_below_its_own_gate_is_kept_in_fp32(sam2_exported, monkeypatch, tmp_path):
     """A graph that no int8 scheme gets through its gate no longer fails a SAM 2 compile: it stays
     fp32, with the measured reason, and the pipeline is gated with it."""
-    from edgefm.compile_job import compile_artifact
+    from edgefm.jobs.compile import compile_artifact
 
     family = registry.family("sam2")
     gates = type(family).gates

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import edgefm
-from edgefm.errors import FeedError
+from edgefm.contract.errors import FeedError
 from edgefm.runtimes.pipelines.sam2 import bilinear_resize
 from sam2_reference import ReferenceVideo, clip_of, iou
 
@@ -151,7 +151,7 @@ def sam2_absent(sam2_tiny, tmp_path_factory):
     frames stay just above): exported from a local checkpoint dir, as users export their own."""
     import copy
 
-    from edgefm.export_job import export
+    from edgefm.jobs.export import export
 
     model = copy.deepcopy(sam2_tiny[1].model)
     with torch.no_grad():

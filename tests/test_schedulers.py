@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgefm.errors import EdgefmError
+from edgefm.contract.errors import EdgefmError
 from edgefm.runtimes.schedulers import make_scheduler
 
 diffusers = pytest.importorskip("diffusers")

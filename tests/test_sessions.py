@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import edgefm
-from edgefm.errors import FeedError
-from edgefm.manifest import Manifest
+from edgefm.contract.errors import FeedError
+from edgefm.contract.manifest import Manifest
 from edgefm.runtimes.session import Session
-from edgefm.spec import TensorSpec
+from edgefm.contract.spec import TensorSpec
 
 COMPONENT = {"dinov2": "image_encoder", "clip": "text_encoder"}
 

@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 import edgefm
-from edgefm import registry
-from edgefm.errors import EdgefmError
+from edgefm.contract import registry
+from edgefm.contract.errors import EdgefmError
 from edgefm.exporters.base import ExportOptions
-from edgefm.manifest import Manifest
+from edgefm.contract.manifest import Manifest
 from sd_reference import psnr, reference_pipeline
 
 PARITY_DB = 35.0  # the bar: the edgefm pipeline vs the diffusers pipeline, fp32, tiny
@@ -220,7 +220,7 @@ def test_large_graphs_export_with_external_data(tmp_path, diffusers_tiny, monkey
         want = decoder.module(torch.from_numpy(feeds["latent"])).numpy()
     assert got.shape == (1, 3, 32, 48) and np.abs(got - want).max() <= 1e-3 * np.abs(want).max()
     # ONNX Runtime's Python fusions would hold ~5 copies of such weights: graphs with external data skip them
-    from edgefm.spec import Precision
+    from edgefm.contract.spec import Precision
     from edgefm.targets.onnxruntime import TARGET, OnnxRuntimeOptions
 
     assert [s.name for s in TARGET.schemes(Precision.FP32, OnnxRuntimeOptions(), entry)] == ["unfused"]

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import edgefm
-from edgefm import registry
-from edgefm.manifest import Manifest
+from edgefm.contract import registry
+from edgefm.contract.manifest import Manifest
 from sd_reference import psnr, reference_pipeline
 
 # prompts and seeds neither calibration nor the compile's own check used
@@ -77,8 +77,8 @@ def overflowing_vae_checkpoint(tmp_path_factory, diffusers_tiny):
 
 @pytest.mark.slow
 def test_fp16_overflow_is_detected_and_the_vae_kept_in_fp32(overflowing_vae_checkpoint, tmp_path):
-    from edgefm.compile_job import compile_artifact
-    from edgefm.export_job import export
+    from edgefm.jobs.compile import compile_artifact
+    from edgefm.jobs.export import export
 
     exported = export("sd15", tmp_path / "exported", model=str(overflowing_vae_checkpoint), log=_quiet)
     assert exported.source["kind"] == "dir" and not exported.task["vae_force_upcast"]
@@ -95,7 +95,7 @@ def test_fp16_overflow_is_detected_and_the_vae_kept_in_fp32(overflowing_vae_chec
 
 @pytest.mark.slow
 def test_validate_reruns_the_image_check(compiled):
-    from edgefm.validate_job import validate
+    from edgefm.jobs.validate import validate
 
     directory = compiled("sd15", "int8")
     recorded = Manifest.load(directory).pipeline_validation

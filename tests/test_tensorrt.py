@@ -11,7 +11,7 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from edgefm.errors import ArtifactError, EdgefmError
+from edgefm.contract.errors import ArtifactError, EdgefmError
 from edgefm.runtimes.tensorrt import cuda_unavailable_reason, unavailable_reason
 
 FAMILIES = ["clip", "dinov2", "sam2", "sd15", "sdxl"]
@@ -26,7 +26,7 @@ def trt(compiled):
 
 
 def _cosine_gate(family: str, component: str, precision: str) -> float:
-    from edgefm import registry
+    from edgefm.contract import registry
 
     return registry.family(family).gates(component, precision)["cosine"]
 
@@ -38,8 +38,8 @@ def test_graphs_pass_gates_checks_and_plan(trt, family, precision, request):
     """Every family and precision: gated on ONNX Runtime vs the fp32 export, static checks passed, the plan
     derived from the manifest, and the graphs again vs the export on fresh random feeds."""
     import edgefm
-    from edgefm.compare import cosine_rows
-    from edgefm.manifest import Manifest, sha256_file
+    from edgefm.contract.compare import cosine_rows
+    from edgefm.contract.manifest import Manifest, sha256_file
     from edgefm.targets.tensorrt_plan import PLAN_FILE, build_plan
 
     artifact = trt(family, precision)
@@ -101,8 +101,8 @@ def _tiny_overflow_graph(path):
 
 
 def _request(tmp_path, source, precision: str, scheme_params: dict, feeds):
-    from edgefm.manifest import ComponentEntry
-    from edgefm.spec import Precision, TensorSpec
+    from edgefm.contract.manifest import ComponentEntry
+    from edgefm.contract.spec import Precision, TensorSpec
     from edgefm.targets.base import CompileRequest, Scheme
 
     entry = ComponentEntry("net.onnx", "", "onnxruntime", None, "fp32", [TensorSpec("x", "float32", ("batch", 16))],
@@ -153,8 +153,8 @@ def test_static_checks_fail_on_graphs_tensorrt_cannot_build(trt, compiled, tmp_p
     """Negative controls: ONNX Runtime's own int8 graph (asymmetric uint8 activations, contrib ops after its
     fusions) fails the symmetric-QDQ and standard-ops checks; a pinned node left in fp16 fails the pin check."""
     import onnx
-    from edgefm.manifest import Manifest
-    from edgefm.spec import Precision
+    from edgefm.contract.manifest import Manifest
+    from edgefm.contract.spec import Precision
     from edgefm.targets import tensorrt_graphs
     from edgefm.targets.base import CompileRequest, Scheme
 
@@ -177,7 +177,7 @@ def test_static_checks_fail_on_graphs_tensorrt_cannot_build(trt, compiled, tmp_p
 
 
 def test_plan_overrides_and_refusals(trt):
-    from edgefm.manifest import Manifest
+    from edgefm.contract.manifest import Manifest
     from edgefm.targets.tensorrt_plan import build_plan
 
     artifact = trt("clip", "fp16")
@@ -199,7 +199,7 @@ def test_plan_overrides_and_refusals(trt):
 
 
 def test_plan_refuses_artifacts_of_other_targets(compiled):
-    from edgefm.manifest import Manifest
+    from edgefm.contract.manifest import Manifest
     from edgefm.targets.tensorrt_plan import build_plan
 
     other = compiled("clip", "fp16")
@@ -255,7 +255,7 @@ def test_device_checks_and_mismatch_refusal(tmp_path):
 @pytest.mark.skipif(NO_TENSORRT is None, reason="TensorRT and a GPU are here: the refusal path does not apply")
 def test_engines_refused_without_tensorrt(trt, tmp_path):
     from edgefm.cli import main
-    from edgefm.manifest import Manifest
+    from edgefm.contract.manifest import Manifest
     from edgefm.runtimes.tensorrt import open_session
 
     artifact = trt("dinov2", "fp16")
@@ -293,7 +293,7 @@ def test_gpu_identity_buffers_and_cuda_graphs():
     device -> host round trip through buffers allocated once, and a captured CUDA graph replayed."""
     import re
 
-    from edgefm.hardware import gpus
+    from edgefm.bench.hardware import gpus
     from edgefm.runtimes.tensorrt import CudaStream, gpu_identity
 
     identity = gpu_identity()
@@ -327,7 +327,7 @@ def test_gpu_engine_parity_with_fp32_onnx(trt, family, precision, request, tmp_p
     """Build the engines here, gate them against the fp32 export (the build does), then again on fresh random
     feeds, with and without CUDA graphs; a second build comes from the engine cache."""
     import edgefm
-    from edgefm.compare import cosine_rows
+    from edgefm.contract.compare import cosine_rows
     from edgefm.targets.tensorrt_device import build_engines
     from edgefm.runtimes.tensorrt import this_machine
     from edgefm.targets.tensorrt_plan import cc_tuple
@@ -357,7 +357,7 @@ def test_gpu_engine_parity_with_fp32_onnx(trt, family, precision, request, tmp_p
 def test_gpu_engine_on_other_tensorrt_version_is_refused(trt, tmp_path):
     import edgefm
     from edgefm.targets.tensorrt_device import build_engines
-    from edgefm.manifest import MANIFEST_NAME
+    from edgefm.contract.manifest import MANIFEST_NAME
 
     build_engines(trt("dinov2", "fp16"), tmp_path / "engines", cache=tmp_path / "cache", log=lambda m: None)
     manifest = json.loads((tmp_path / "engines" / MANIFEST_NAME).read_text())

@@ -10,8 +10,8 @@ import json
 
 import pytest
 
-from edgefm import registry
-from edgefm.compile_job import compile_artifact
+from edgefm.contract import registry
+from edgefm.jobs.compile import compile_artifact
 
 pytestmark = pytest.mark.trained
 
@@ -28,7 +28,7 @@ def trained_checkpoint():
 
 @pytest.fixture(scope="session")
 def trained_export(trained_checkpoint, tmp_path_factory):
-    from edgefm.export_job import export
+    from edgefm.jobs.export import export
 
     out = tmp_path_factory.mktemp("trained") / "export"
     export("dinov2", out, model=str(trained_checkpoint), log=lambda _: None)

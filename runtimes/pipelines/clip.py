@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgefm.compare import normalize
-from edgefm.errors import FeedError
+from edgefm.contract.compare import normalize
+from edgefm.contract.errors import FeedError
 from edgefm.runtimes.loader import Artifact
 from edgefm.runtimes.preprocess import as_image_list, preprocess
 from edgefm.runtimes.tokenizer import TextTokenizer

@@ -14,12 +14,12 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from edgefm.errors import FeedError
+from edgefm.contract.errors import FeedError
 from edgefm.runtimes.loader import Artifact
 from edgefm.runtimes.preprocess import as_pil
 from edgefm.runtimes.schedulers import SCHEDULERS, make_scheduler
 from edgefm.runtimes.tokenizer import TextTokenizer
-from edgefm.spec import whole_number
+from edgefm.contract.spec import whole_number
 
 
 def _prompts(value, what: str) -> list[str]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgefm.errors import FeedError
+from edgefm.contract.errors import FeedError
 
 from edgefm.runtimes.loader import Artifact
 from edgefm.runtimes.preprocess import as_image_list, preprocess

@@ -18,7 +18,7 @@ def mask_grid(exported: Path, directories: list[Path], path: Path) -> Path:
     import edgefm
     from edgefm.calibration.data import load
     from edgefm.calibration.sam2_pipeline import mask_iou
-    from edgefm.run_job import overlay
+    from edgefm.jobs.run import overlay
     from edgefm.runtimes.pipelines.sam2 import bilinear_resize
 
     photo = next(p for p in load().all_images if p.name == "astronaut.png")
@@ -50,7 +50,7 @@ def image_grid(exported: Path, directories: list[Path], path: Path, prompt: str 
     from PIL import Image, ImageDraw
 
     import edgefm
-    from edgefm.compare import psnr
+    from edgefm.contract.compare import psnr
     from edgefm.runtimes.pipelines.diffusion import to_pil
 
     tiles, want = [], None

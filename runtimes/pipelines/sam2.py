@@ -10,10 +10,10 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
-from edgefm.errors import ArtifactError, FeedError
+from edgefm.contract.errors import ArtifactError, FeedError
 from edgefm.runtimes.loader import Artifact
 from edgefm.runtimes.preprocess import as_pil
-from edgefm.spec import whole_number
+from edgefm.contract.spec import whole_number
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 

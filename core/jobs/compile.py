@@ -10,15 +10,15 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from edgefm import registry
+from edgefm.contract import registry
 from edgefm.calibration.recipe import CheckContext
-from edgefm.compile_cache import CompileCache
-from edgefm.errors import ArtifactError, EdgefmError, GateError, UnknownChoiceError
-from edgefm.manifest import ComponentEntry, Manifest, sha256_file
-from edgefm.spec import Precision, describe_checks, margin
-from edgefm.staging import staging_dir
-from edgefm.sensitivity import search
-from edgefm.validation import validate_component
+from edgefm.contract.cache import CompileCache
+from edgefm.contract.errors import ArtifactError, EdgefmError, GateError, UnknownChoiceError
+from edgefm.contract.manifest import ComponentEntry, Manifest, sha256_file
+from edgefm.contract.spec import Precision, describe_checks, margin
+from edgefm.contract.staging import staging_dir
+from edgefm.jobs.sensitivity import search
+from edgefm.jobs.validation import validate_component
 
 if TYPE_CHECKING:
     from edgefm.calibration.data import CalibrationData
@@ -71,7 +71,7 @@ def compile_artifact(artifact: Path, target_name: str, precision: str, out: Path
     """`cache`: what this compile computes once (the fp32 export's sessions, captured feeds, reference
     outputs); a new one by default. A caller compiling the same export several times may pass one."""
     from edgefm.calibration.data import load as load_calibration
-    from edgefm.pipeline_check import compile_and_check_pipeline
+    from edgefm.jobs.pipeline_check import compile_and_check_pipeline
     from edgefm.runtimes.loader import open_sessions
 
     cache = CompileCache() if cache is None else cache

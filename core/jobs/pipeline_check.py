@@ -14,8 +14,8 @@ every figure on the way.
 """
 from __future__ import annotations
 
-from edgefm.errors import FeedError, GateError
-from edgefm.spec import Check, Precision, describe_checks, margin, validation_record
+from edgefm.contract.errors import FeedError, GateError
+from edgefm.contract.spec import Check, Precision, describe_checks, margin, validation_record
 
 
 def compile_and_check_pipeline(context) -> tuple[dict, dict]:

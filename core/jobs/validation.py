@@ -5,8 +5,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edgefm.compare import cosine_rows
-from edgefm.spec import Check, validation_record
+from edgefm.contract.compare import cosine_rows
+from edgefm.contract.spec import Check, validation_record
 
 if TYPE_CHECKING:
     from edgefm.calibration.recipe import CalibrationRecipe, CheckContext

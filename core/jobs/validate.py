@@ -5,9 +5,9 @@ import dataclasses
 from pathlib import Path
 from typing import Callable
 
-from edgefm import registry
-from edgefm.errors import ArtifactError, EdgefmError
-from edgefm.manifest import MANIFEST_NAME, Manifest, sha256_file
+from edgefm.contract import registry
+from edgefm.contract.errors import ArtifactError, EdgefmError
+from edgefm.contract.manifest import MANIFEST_NAME, Manifest, sha256_file
 
 
 def validate(artifact: Path, against: Path | None = None, calib_dir: Path | None = None,
@@ -41,10 +41,10 @@ def recorded_parent(artifact: Path, manifest: Manifest) -> Path:
 def _against_artifact(artifact: Path, manifest: Manifest, reference_dir: Path, calib_dir, log) -> Manifest:
     from edgefm.calibration.data import load as load_calibration
     from edgefm.calibration.recipe import CheckContext
-    from edgefm.compile_cache import CompileCache
+    from edgefm.contract.cache import CompileCache
     from edgefm.runtimes.loader import load, open_sessions
-    from edgefm.spec import validation_record
-    from edgefm.validation import validate_component
+    from edgefm.contract.spec import validation_record
+    from edgefm.jobs.validation import validate_component
 
     reference = Manifest.load(reference_dir)
     if reference.stage != "exported":  # a compiled reference (a copy of the artifact itself, say) proves nothing

@@ -15,9 +15,9 @@ import json
 from pathlib import Path
 
 from edgefm import __version__
-from edgefm.errors import ArtifactError, EdgefmError
-from edgefm.manifest import sha256_file
-from edgefm.staging import staging_dir, write_file_atomically
+from edgefm.contract.errors import ArtifactError, EdgefmError
+from edgefm.contract.manifest import sha256_file
+from edgefm.contract.staging import staging_dir, write_file_atomically
 
 MARK = ".edgefm-matrix"
 
@@ -70,7 +70,7 @@ class Store:
 
     def has_artifact(self, directory: Path):
         """The stored artifact's manifest when it is complete and every file hashes as recorded, else None."""
-        from edgefm.manifest import Manifest
+        from edgefm.contract.manifest import Manifest
 
         if not (directory / "manifest.json").is_file() or not directory.with_suffix(".json").is_file():
             return None
@@ -81,7 +81,7 @@ class Store:
 
     def save_artifact(self, directory: Path, files: bytes, record: dict):
         """Unpack a worker's artifact into place atomically and verify it; then its record beside it."""
-        from edgefm.matrix_tasks import unpack
+        from edgefm.matrix.tasks import unpack
 
         with staging_dir(directory, overwrite=directory.exists(), log=lambda message: None) as tmp:
             manifest = unpack(files, tmp)

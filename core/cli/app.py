@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from edgefm import __version__
-from edgefm.cli_flags import TargetFlagsCommand, finite
+from edgefm.cli.flags import TargetFlagsCommand, finite
 
 
 def _console(stderr: bool = True, min_width: int = 120):
@@ -37,7 +37,7 @@ class _Group(click.Group):
     """Every error a user can fix is one line and exit code 2; a bug keeps its traceback and asks to be reported."""
 
     def invoke(self, ctx):
-        from edgefm.errors import EdgefmError
+        from edgefm.contract.errors import EdgefmError
 
         try:
             return super().invoke(ctx)
@@ -82,7 +82,7 @@ def models():
     """List model families, their variants (hub ids and offline presets) and components."""
     from rich.table import Table
 
-    from edgefm import registry
+    from edgefm.contract import registry
 
     table = Table(title="edgefm model families")
     for column in ("family", "variant", "hub id", "components", "description"):
@@ -112,7 +112,7 @@ def _export_options(f):
 
 
 def _export(family, model, variant, random_weights, resolution, dynamic_resolution, lora, lora_scale, out, overwrite):
-    from edgefm.export_job import export
+    from edgefm.jobs.export import export
     from edgefm.exporters.base import ExportOptions
 
     options = ExportOptions(resolution=resolution, dynamic_resolution=dynamic_resolution, lora=lora,
@@ -162,11 +162,11 @@ def _compile_options(f):
 
 def _compile_settings(flags: dict) -> tuple[dict, object]:
     """Check the compile flags before any work starts: (the flags every target shares, the target's options)."""
-    from edgefm import registry
-    from edgefm.auto_precision import AUTO
-    from edgefm.compile_job import target_options
-    from edgefm.cli_flags import split_flags
-    from edgefm.errors import EdgefmError
+    from edgefm.contract import registry
+    from edgefm.jobs.auto import AUTO
+    from edgefm.jobs.compile import target_options
+    from edgefm.cli.flags import split_flags
+    from edgefm.contract.errors import EdgefmError
 
     common, target_flags = split_flags(flags)
     common["target"] = common["target"] or registry.default_target().name
@@ -185,8 +185,8 @@ def _compile_settings(flags: dict) -> tuple[dict, object]:
 def _auto_target_settings(common: dict, target_flags: dict) -> tuple[dict, None]:
     """`--target auto` tries every runnable target with its default options, so it implies --precision auto
     and takes no target flags."""
-    from edgefm.auto_precision import AUTO
-    from edgefm.errors import EdgefmError
+    from edgefm.jobs.auto import AUTO
+    from edgefm.contract.errors import EdgefmError
 
     given = ["--" + k.replace("_", "-") for k, v in target_flags.items() if v is not None]
     if given:
@@ -203,12 +203,12 @@ def _auto_target_settings(common: dict, target_flags: dict) -> tuple[dict, None]
 
 def _compile(artifact, out, options, target, precision, objective, calib, calib_size, calib_prompts,
              allow_below_gate, overwrite):
-    from edgefm.compile_job import compile_artifact
+    from edgefm.jobs.compile import compile_artifact
 
     common = dict(calib_dir=calib, calib_size=calib_size, prompts=calib_prompts, options=options,
                   overwrite=overwrite, log=_log)
     if precision == "auto":
-        from edgefm.auto_precision import compile_auto
+        from edgefm.jobs.auto import compile_auto
 
         return compile_auto(Path(artifact), target, Path(out), objective=objective or "latency", **common)
     return compile_artifact(Path(artifact), target, precision, Path(out), allow_below_gate=allow_below_gate,
@@ -225,7 +225,7 @@ def compile_cmd(artifact, out, **kwargs):
     common, options = _compile_settings(kwargs)
     manifest = _compile(artifact, out, options, **common)
     if common["precision"] != "auto":  # a --precision auto candidate was timed here, so it needs no device step
-        from edgefm import registry
+        from edgefm.contract import registry
 
         manifest = registry.target(common["target"]).after_compile(Path(out), manifest, common["allow_below_gate"],
                                                                    _log)
@@ -238,7 +238,7 @@ def targets():
     """List deployment targets: their precisions, whether this machine compiles for them and runs what they write."""
     from rich.table import Table
 
-    from edgefm import registry
+    from edgefm.contract import registry
 
     table = Table(title="edgefm targets")
     for column in ("target", "precisions", "default precision", "compiles here", "runs here"):
@@ -252,9 +252,9 @@ def targets():
 
 def _artifact_target(artifact: str):
     """The target a compiled artifact was built for, from its manifest."""
-    from edgefm import registry
-    from edgefm.errors import ArtifactError
-    from edgefm.manifest import Manifest
+    from edgefm.contract import registry
+    from edgefm.contract.errors import ArtifactError
+    from edgefm.contract.manifest import Manifest
 
     manifest = Manifest.load(Path(artifact))
     built_for = sorted({e.target for e in manifest.components.values() if e.target})
@@ -270,7 +270,7 @@ def _artifact_target(artifact: str):
 def plan(artifact, out, **flags):
     """Print what the on-device step of a compiled ARTIFACT will build (e.g. engines: graphs, fp32 pins,
     profiles, device)."""
-    from edgefm.staging import check_file_outputs
+    from edgefm.contract.staging import check_file_outputs
 
     check_file_outputs([out], [artifact])
     target, manifest = _artifact_target(artifact)
@@ -313,7 +313,7 @@ def engine(artifact, rebuild, cache, against, allow_below_gate, out, overwrite, 
 def build(family, model, variant, random_weights, resolution, dynamic_resolution, lora, lora_scale, out, overwrite,
           **kwargs):
     """Export FAMILY and compile it in one go."""
-    from edgefm.staging import check_output
+    from edgefm.contract.staging import check_output
 
     out = Path(out)
     common, options = _compile_settings(kwargs)
@@ -334,7 +334,7 @@ def build(family, model, variant, random_weights, resolution, dynamic_resolution
 @click.option("--calib", type=click.Path(), help="Folder of images to validate on (default: as when compiled).")
 def validate(artifact, against, calib):
     """Re-run ARTIFACT's accuracy checks: compiled vs its fp32 export, or exported vs torch."""
-    from edgefm.validate_job import validate as run_validation
+    from edgefm.jobs.validate import validate as run_validation
 
     manifest = run_validation(Path(artifact), against=against, calib_dir=calib, log=_log)
     _print_table([(artifact, manifest)])
@@ -350,18 +350,18 @@ def validate(artifact, against, calib):
               help="With --sensitivity: also draw it to this PNG.")
 def inspect(artifact, as_json, sensitivity, plot):
     """Show an artifact's manifest for people (or as JSON)."""
-    from edgefm.manifest import Manifest
+    from edgefm.contract.manifest import Manifest
 
     if plot and not sensitivity:
         raise click.UsageError("--plot draws the --sensitivity view; add --sensitivity")
-    from edgefm.staging import check_file_outputs
+    from edgefm.contract.staging import check_file_outputs
 
     check_file_outputs([plot], [artifact])
     manifest = Manifest.load(Path(artifact), verify=False)
     if as_json:
         click.echo(json.dumps(manifest.to_json(), indent=2))
         return
-    from edgefm import report
+    from edgefm.cli import tables as report
 
     if sensitivity:
         _console(stderr=False).print(report.sensitivity_view(manifest))
@@ -396,10 +396,10 @@ def bench(artifacts, batches, warmup, iters, threads, json_path, markdown_path, 
     """Time every component of each ARTIFACT side by side: latency, throughput, load time, memory, accuracy."""
     from rich.progress import Progress
 
-    from edgefm import bench_report
-    from edgefm.bench import run_bench
-    from edgefm.hardware import summary_lines
-    from edgefm.staging import check_file_outputs
+    from edgefm.bench import report as bench_report
+    from edgefm.bench.runner import run_bench
+    from edgefm.bench.hardware import summary_lines
+    from edgefm.contract.staging import check_file_outputs
 
     check_file_outputs([json_path, markdown_path, plot_path], artifacts)
 
@@ -476,8 +476,8 @@ def run(artifact, prompt, negative_prompt, steps, guidance, seed, height, width,
         points, background, box, single_mask, out, overwrite):
     """Prompt a SAM 2 ARTIFACT on an image or a video and write mask overlays, or draw --prompt with an
     sd15 / sdxl ARTIFACT and write the image."""
-    from edgefm.errors import EdgefmError
-    from edgefm.run_job import run_image, run_video
+    from edgefm.contract.errors import EdgefmError
+    from edgefm.jobs.run import run_image, run_video
 
     if prompt is not None:
         if video or points or background or box or single_mask:
@@ -505,7 +505,7 @@ def run(artifact, prompt, negative_prompt, steps, guidance, seed, height, width,
 def _text_to_image(artifact, out, **settings):
     from rich.progress import Progress
 
-    from edgefm.run_job import run_text_to_image
+    from edgefm.jobs.run import run_text_to_image
 
     with Progress(console=_console(), transient=True) as progress:
         task = progress.add_task("denoising")
@@ -522,7 +522,7 @@ def demo(out):
     """The main job, offline: every family's tiny preset -> ONNX -> each target and precision, validated and
     timed, with pictures of what each precision changes (masks, generated images). Targets whose artifacts run
     elsewhere (on a Mac, on an NVIDIA GPU) are compiled and gated here and timed where they run."""
-    from edgefm.demo import demo_pictures, run_demo
+    from edgefm.jobs.demo import demo_pictures, run_demo
 
     rows, latencies = run_demo(Path(out), log=_log)
     _print_table(rows, latencies)
@@ -545,8 +545,8 @@ def matrix(spec, address, out, device_kinds):
     tasks; the README's "Matrices on Ray" shows the format and a cluster set-up."""
     from rich.progress import Progress
 
-    from edgefm.matrix import run_matrix
-    from edgefm.matrix_spec import DEVICE_KIND, load_spec
+    from edgefm.matrix.driver import run_matrix
+    from edgefm.matrix.spec import DEVICE_KIND, load_spec
 
     bad = [kind for kind in device_kinds if not DEVICE_KIND.fullmatch(kind)]
     if bad:
@@ -573,7 +573,7 @@ def matrix(spec, address, out, device_kinds):
 
 
 def _print_table(rows, latencies=None):
-    from edgefm.report import results_table
+    from edgefm.cli.tables import results_table
 
     _console(stderr=False).print(results_table(rows, latencies))
 

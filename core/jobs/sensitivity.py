@@ -18,9 +18,9 @@ import shutil
 
 import numpy as np
 
-from edgefm.compare import cosine_rows
-from edgefm.errors import EdgefmError
-from edgefm.spec import describe_checks, margin
+from edgefm.contract.compare import cosine_rows
+from edgefm.contract.errors import EdgefmError
+from edgefm.contract.spec import describe_checks, margin
 
 RANK_FEEDS = 4  # calibration feeds the ranking runs on (each trial opens one session and runs these)
 MAX_LAYERS = 200  # past this (a real-size SD UNet has ~700), ranking one layer at a time takes hours: no search
@@ -39,7 +39,7 @@ def search(context, name: str, attempt: tuple, validate) -> tuple | None:
     """From a below-gate `attempt` (scheme, dir, entry, validation, request): (the passing attempt with the fewest
     layers in float, or the best one tried if none passes; a session of it), or None where the target cannot
     restore layers."""
-    from edgefm.bench import time_calls
+    from edgefm.bench.timing import time_calls
 
     scheme, attempt_dir, compiled, validation, request = attempt
     layers = context.target.quantized_layers(request, compiled.file)

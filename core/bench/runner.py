@@ -15,57 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefm.errors import EdgefmError
-
-
-def time_calls(call, warmup: int, iters: int) -> list[float]:
-    """Milliseconds per call of `call()`, after `warmup` untimed calls."""
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1e3)
-    return times
-
-
-def summarize(times: list[float], batch: int) -> dict:
-    median = float(np.median(times))
-    return {"batch": batch, "median_ms": median, "p90_ms": float(np.percentile(times, 90)),
-            "p99_ms": float(np.percentile(times, 99)), "items_per_s": batch * 1e3 / median, "iters": len(times)}
-
-
-def measure(session, batch: int, warmup: int, iters: int, rng: np.random.Generator) -> dict:
-    """Latency of `session.run` on random feeds of one batch size (the feeds do not change a graph's cost)."""
-    feeds = session.example_feeds(rng, batch=batch)
-    return summarize(time_calls(lambda: session.run(feeds), warmup, iters), batch)
-
-
-def artifact_latencies(directory: Path, iters: int = 20) -> dict:
-    """{(directory, component): batch-1 median ms}, in this process: the quick figure the demo table shows."""
-    import edgefm
-
-    artifact = edgefm.load(directory)
-    rng = np.random.default_rng(0)
-    return {(str(directory), name): measure(session, 1, 3, iters, rng)["median_ms"]
-            for name, session in artifact.sessions.items()}
-
-
-def peak_rss_mib() -> float | None:
-    """This process's peak resident memory so far (None where the OS does not report it).
-
-    On Linux VmHWM, not ru_maxrss: ru_maxrss carries the parent's peak over through fork + exec.
-    """
-    status = Path("/proc/self/status")
-    if status.exists():
-        return next(int(line.split()[1]) for line in status.read_text().splitlines()
-                    if line.startswith("VmHWM:")) / 2**10
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # bytes on macOS
+from edgefm.bench.timing import measure, peak_rss_mib
+from edgefm.contract.errors import EdgefmError
 
 
 def has_batch_axis(inputs) -> bool:
@@ -75,8 +26,8 @@ def has_batch_axis(inputs) -> bool:
 def bench_component(directory: Path, component: str, batch: int, warmup: int, iters: int,
                     threads: int | None) -> dict:
     """Load one component and time it at one batch size (runs inside the worker process)."""
-    from edgefm.hardware import gpu_memory_mib
-    from edgefm.manifest import Manifest
+    from edgefm.bench.hardware import gpu_memory_mib
+    from edgefm.contract.manifest import Manifest
 
     from edgefm.runtimes.loader import open_component
 
@@ -107,8 +58,8 @@ def run_bench(artifacts: list[Path], batches: list[int], warmup: int, iters: int
     A component without a batch axis runs at batch 1 only (listed under "skipped" for the others);
     a job that fails is listed under "errors" and the others go on.
     """
-    from edgefm.hardware import describe
-    from edgefm.manifest import Manifest
+    from edgefm.bench.hardware import describe
+    from edgefm.contract.manifest import Manifest
 
     if warmup < 0 or iters < 1 or not batches or min(batches) < 1:
         raise EdgefmError(f"need --iters >= 1, --warmup >= 0 and batch sizes >= 1 (got iters {iters}, "
@@ -144,7 +95,7 @@ def run_bench(artifacts: list[Path], batches: list[int], warmup: int, iters: int
 def in_fresh_process(job: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         result_path = Path(tmp) / "result.json"
-        done = subprocess.run([sys.executable, "-m", "edgefm.bench", json.dumps(job), str(result_path)],
+        done = subprocess.run([sys.executable, "-m", "edgefm.bench.runner", json.dumps(job), str(result_path)],
                               capture_output=True, text=True)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
@@ -152,7 +103,7 @@ def in_fresh_process(job: dict) -> dict:
         return json.loads(result_path.read_text())
 
 
-if __name__ == "__main__":  # the worker: python -m edgefm.bench JOB_JSON RESULT_PATH
+if __name__ == "__main__":  # the worker: python -m edgefm.bench.runner JOB_JSON RESULT_PATH
     job = json.loads(sys.argv[1])
     job["directory"] = Path(job["directory"])
     Path(sys.argv[2]).write_text(json.dumps(bench_component(**job)))

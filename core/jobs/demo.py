@@ -12,22 +12,22 @@ from typing import Callable
 
 
 def demo_families() -> list:
-    from edgefm import registry
+    from edgefm.contract import registry
 
     return [f for _, f in sorted(registry.families().items()) if f.demo_variant]
 
 
 def demo_targets() -> list:
-    from edgefm import registry
+    from edgefm.contract import registry
 
     chosen = [t for t in registry.targets().values() if t.demo_precisions]
     return sorted(chosen, key=lambda t: (not t.demo_every_family, t.name))
 
 
 def run_demo(out: Path, log: Callable[[str], None] = print):
-    from edgefm.bench import artifact_latencies
-    from edgefm.compile_job import compile_artifact
-    from edgefm.export_job import export
+    from edgefm.bench.timing import artifact_latencies
+    from edgefm.jobs.compile import compile_artifact
+    from edgefm.jobs.export import export
 
     rows, latencies = [], {}
     for family in demo_families():

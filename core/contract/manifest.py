@@ -10,8 +10,8 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path, PureWindowsPath
 
-from edgefm.errors import ArtifactError
-from edgefm.spec import TensorSpec
+from edgefm.contract.errors import ArtifactError
+from edgefm.contract.spec import TensorSpec
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -197,7 +197,7 @@ class Manifest:
     def check_consistency(self, path: Path) -> None:
         """What the schema cannot say: the family exists and has these components, the runtimes exist, stages
         match targets."""
-        from edgefm import registry
+        from edgefm.contract import registry
 
         family = registry.families().get(self.family)
         if family is None:

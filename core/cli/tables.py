@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgefm.errors import EdgefmError
-from edgefm.manifest import Manifest
+from edgefm.contract.errors import EdgefmError
+from edgefm.contract.manifest import Manifest
 
 
 SHORT_METRIC = {"cosine_min": "cos min", "rel_max_abs_diff": "rel diff", "cosine": "cos",

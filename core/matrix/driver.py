@@ -9,7 +9,7 @@ runs where and what is already done:
   holds as many CPUs as the smallest worker of its kind has (all, on equal workers), so no build shares the
   machine while it times;
 - each task runs in a fresh worker process (max_calls=1), so its measured peak memory is its own;
-- outputs are kept in --out by key (edgefm.matrix_store), so a re-run submits only what is missing.
+- outputs are kept in --out by key (edgefm.matrix.store), so a re-run submits only what is missing.
 """
 from __future__ import annotations
 
@@ -22,10 +22,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from edgefm import __version__, registry
-from edgefm.errors import EdgefmError
-from edgefm.matrix_spec import MatrixSpec, SpecError
-from edgefm.matrix_store import Store, build_key, digest, export_key, write_json
+from edgefm import __version__
+from edgefm.contract import registry
+from edgefm.contract.errors import EdgefmError
+from edgefm.matrix.spec import MatrixSpec, SpecError
+from edgefm.matrix.store import Store, build_key, digest, export_key, write_json
 
 RESOURCE = "edgefm-device:"
 ANY = "any"  # the device of a target listed without `devices`: whichever worker is free
@@ -136,7 +137,7 @@ class MatrixRun:
     def _put(self, directory: Path):
         import ray
 
-        from edgefm.matrix_tasks import pack
+        from edgefm.matrix.tasks import pack
 
         if directory not in self.packed:
             self.packed[directory] = ray.put(pack(directory))
@@ -146,7 +147,7 @@ class MatrixRun:
                 device: str | None = None, target=None) -> None:
         import ray
 
-        from edgefm.matrix_tasks import run_step
+        from edgefm.matrix.tasks import run_step
 
         resources, cpus, gpus = {}, 1, 0
         candidates = self.nodes
@@ -342,8 +343,8 @@ def _measured(record: dict | None) -> float:
 def run_matrix(spec: MatrixSpec, out: Path, address: str | None = None, device_kinds: tuple[str, ...] = ("local",),
                progress: Callable | None = None) -> dict:
     """Run the spec (checked against the cluster first) and write its report into `out`; return the report."""
-    from edgefm.matrix_report import write_report
-    from edgefm.matrix_rows import build_report
+    from edgefm.matrix.report import write_report
+    from edgefm.matrix.rows import build_report
 
     store = Store(out)
     store.claim()

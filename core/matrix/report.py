@@ -12,9 +12,9 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from edgefm.hardware import summary_lines
-from edgefm.report import SHORT_METRIC
-from edgefm.staging import write_file_atomically
+from edgefm.bench.hardware import summary_lines
+from edgefm.cli.tables import SHORT_METRIC
+from edgefm.contract.staging import write_file_atomically
 
 COLUMNS = ["model", "target", "precision", "device", "status", "latency ms", "items/s", "peak RSS MiB", "size MiB",
            "task metric", "Pareto", "built/reused", "worker", "hardware"]
@@ -269,5 +269,5 @@ if __name__ == "__main__":
         source = Path(sys.argv[1])
         written = write_report(json.loads(source.read_text()), source.parent)
     except (IndexError, OSError, ValueError, KeyError) as error:
-        sys.exit(f"usage: python -m edgefm.matrix_report REPORT.json ({type(error).__name__}: {error})")
+        sys.exit(f"usage: python -m edgefm.matrix.report REPORT.json ({type(error).__name__}: {error})")
     print("\n".join(str(path) for path in written.values()))

@@ -64,7 +64,7 @@ class TargetFlag:
 
 def target_flags(on_device: bool = False) -> dict[str, TargetFlag]:
     """{field name: TargetFlag} over every registered target; `on_device` keeps the on-device step's flags."""
-    from edgefm import registry
+    from edgefm.contract import registry
     from edgefm.targets.base import flag_fields
 
     found: dict[str, TargetFlag] = {}

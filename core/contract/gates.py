@@ -7,7 +7,7 @@ family overrides single cells where its task needs another bar.
 """
 from __future__ import annotations
 
-from edgefm.spec import Precision
+from edgefm.contract.spec import Precision
 
 GATES: dict[str, dict[str, float]] = {
     # mean cosine per output (secondary): fp16 and int4 weight-only near-lossless, int8 QDQ a bit less
@@ -35,5 +35,5 @@ def gates_for(precision: str, metrics: tuple[str, ...], overrides: dict[str, dic
     chosen = Precision.parse(precision).value
     unknown = sorted((set(metrics) | set(overrides or {})) - set(GATES))
     if unknown:
-        raise ValueError(f"no gate row for {', '.join(unknown)}; add it to edgefm.gates.GATES")
+        raise ValueError(f"no gate row for {', '.join(unknown)}; add it to edgefm.contract.gates.GATES")
     return {metric: {**GATES[metric], **(overrides or {}).get(metric, {})}[chosen] for metric in metrics}

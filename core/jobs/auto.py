@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from edgefm import registry
-from edgefm.errors import EdgefmError, GateError
-from edgefm.manifest import Manifest
+from edgefm.contract import registry
+from edgefm.contract.errors import EdgefmError, GateError
+from edgefm.contract.manifest import Manifest
 
 # Within this share of the best figure two candidates are a tie (timing noise); the more precise one wins.
 TIE = 0.03
@@ -47,7 +47,7 @@ def choose(candidates: list[dict], objective: str) -> tuple[dict, str]:
 
 def _measure(directory: Path, iters: int) -> tuple[float, float]:
     """Summed batch-1 median latency of all components, and total size."""
-    from edgefm.bench import artifact_latencies
+    from edgefm.bench.timing import artifact_latencies
 
     latency = sum(artifact_latencies(directory, iters).values())
     manifest = Manifest.load(directory, verify=False)
@@ -56,7 +56,7 @@ def _measure(directory: Path, iters: int) -> tuple[float, float]:
 
 def candidate_targets(target_name: str) -> tuple[list, dict[str, str]]:
     """The targets to try, and for `auto` the ones left out with why (recorded in the manifest)."""
-    from edgefm.compile_job import available_target
+    from edgefm.jobs.compile import available_target
 
     if target_name != AUTO:
         target = available_target(target_name)
@@ -81,10 +81,10 @@ def candidate_targets(target_name: str) -> tuple[list, dict[str, str]]:
 
 def compile_auto(artifact: Path, target_name: str, out: Path, objective: str = "latency", iters: int = 30,
                  overwrite: bool = False, log: Callable[[str], None] = print, **compile_kwargs) -> Manifest:
-    from edgefm.hardware import describe
-    from edgefm.staging import staging_dir
+    from edgefm.bench.hardware import describe
+    from edgefm.contract.staging import staging_dir
 
-    from edgefm.compile_cache import CompileCache
+    from edgefm.contract.cache import CompileCache
 
     targets, skipped = candidate_targets(target_name)
     inputs = [artifact, compile_kwargs.get("calib_dir"), compile_kwargs.get("prompts")]
@@ -113,7 +113,7 @@ def compile_auto(artifact: Path, target_name: str, out: Path, objective: str = "
 
 def _try(artifact: Path, target: str, precision: str, root: Path, iters: int, log, compile_kwargs: dict) -> dict:
     """Compile one candidate into root/TARGET-PRECISION and measure it; a failure is a recorded candidate."""
-    from edgefm.compile_job import compile_artifact
+    from edgefm.jobs.compile import compile_artifact
 
     where, head = root / f"{target}-{precision}", {"target": target, "precision": precision}
     log(f"auto: compiling {target} {precision}")

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from numbers import Integral
 
-from edgefm.errors import UnknownChoiceError
+from edgefm.contract.errors import UnknownChoiceError
 
 
 class Precision(str, Enum):

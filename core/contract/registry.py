@@ -12,7 +12,7 @@ import importlib
 import pkgutil
 from importlib.metadata import entry_points
 
-from edgefm.errors import EdgefmError, UnknownChoiceError
+from edgefm.contract.errors import EdgefmError, UnknownChoiceError
 
 
 def _discover(package: str, attribute: str, group: str) -> dict:

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterable
 
-from edgefm.errors import ArtifactError, EdgefmError
-from edgefm.manifest import MANIFEST_NAME, Manifest
+from edgefm.contract.errors import ArtifactError, EdgefmError
+from edgefm.contract.manifest import MANIFEST_NAME, Manifest
 
 
 def file_in_the_way(path: Path) -> Path | None:

@@ -28,7 +28,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgefm.errors import EdgefmError, UnknownChoiceError
+from edgefm.contract.errors import EdgefmError, UnknownChoiceError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -171,7 +171,7 @@ def _named(table: dict, key: str, table_name: str, plugins: dict, within, line, 
 
 
 def _model(table: dict, path: Path, within, lines: _Lines, fail) -> ModelSpec:
-    from edgefm import registry
+    from edgefm.contract import registry
     from edgefm.exporters.base import ExportOptions
 
     line = lambda key: lines.key(key, within)  # noqa: E731
@@ -196,8 +196,8 @@ def _model(table: dict, path: Path, within, lines: _Lines, fail) -> ModelSpec:
 
 
 def _target(table: dict, default_precisions, within, lines: _Lines, fail) -> TargetSpec:
-    from edgefm import registry
-    from edgefm.compile_job import target_options
+    from edgefm.contract import registry
+    from edgefm.jobs.compile import target_options
 
     line = lambda key: lines.key(key, within)  # noqa: E731
     _unknown_keys(table, TARGET_KEYS, line, fail, "[[target]]")

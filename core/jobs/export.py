@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from edgefm import registry
-from edgefm.manifest import Manifest, sha256_file
-from edgefm.staging import staging_dir
+from edgefm.contract import registry
+from edgefm.contract.manifest import Manifest, sha256_file
+from edgefm.contract.staging import staging_dir
 
 
 def export(family_name: str, out: Path, model: str | None = None, variant: str | None = None,

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgefm.errors import ArtifactError, EdgefmError
+from edgefm.contract.errors import ArtifactError, EdgefmError
 
 
 def pack(directory: Path) -> bytes:
@@ -27,7 +27,7 @@ def pack(directory: Path) -> bytes:
 
 def unpack(data: bytes, directory: Path):
     """Unpack an artifact's tar into `directory` (new or empty) and verify it: its Manifest."""
-    from edgefm.manifest import Manifest
+    from edgefm.contract.manifest import Manifest
 
     if not hasattr(tarfile, "data_filter"):
         raise EdgefmError("edgefm matrix needs Python >= 3.10.12 / 3.11.4 (tarfile's data filter); upgrade Python")
@@ -58,8 +58,8 @@ def run_step(step: str, job: dict, names: list[str], *tars: bytes) -> dict:
     for a reason Ray cannot fix by retrying returns it rather than raising."""
     import ray
 
-    from edgefm.bench import peak_rss_mib
-    from edgefm.hardware import describe
+    from edgefm.bench.timing import peak_rss_mib
+    from edgefm.bench.hardware import describe
 
     start = time.perf_counter()
     attempt = _attempt(job["run_id"], f"{step}-{job['key']}")
@@ -86,7 +86,7 @@ def _quiet(message: str) -> None:
 
 
 def _export(job: dict, inputs: dict, out: Path):
-    from edgefm.export_job import export
+    from edgefm.jobs.export import export
     from edgefm.exporters.base import ExportOptions
 
     model = job["model"]
@@ -96,7 +96,7 @@ def _export(job: dict, inputs: dict, out: Path):
 
 
 def _compile(job: dict, inputs: dict, out: Path):
-    from edgefm.compile_job import compile_artifact, target_options
+    from edgefm.jobs.compile import compile_artifact, target_options
 
     options = target_options(job["target"], **job["options"])
     compile_artifact(inputs["exported"], job["target"], job["precision"], out, options=options,
@@ -105,7 +105,7 @@ def _compile(job: dict, inputs: dict, out: Path):
 
 
 def _on_device(job: dict, inputs: dict, out: Path):
-    from edgefm import registry
+    from edgefm.contract import registry
 
     registry.target(job["target"]).on_device(inputs["compiled"], out, {}, False, None, inputs["exported"], True,
                                              False, _quiet)
@@ -114,7 +114,7 @@ def _on_device(job: dict, inputs: dict, out: Path):
 
 def _validate(job: dict, inputs: dict, out: Path):
     """The compiled artifact's checks re-run on the device's runtime, against the fp32 export."""
-    from edgefm.validate_job import validate
+    from edgefm.jobs.validate import validate
 
     manifest = validate(inputs["compiled"], against=inputs["exported"], log=_quiet)
     found = [(name, check) for name, entry in manifest.components.items()
@@ -125,7 +125,7 @@ def _validate(job: dict, inputs: dict, out: Path):
 
 
 def _bench(job: dict, inputs: dict, out: Path):
-    from edgefm.bench import run_bench
+    from edgefm.bench.runner import run_bench
 
     report = run_bench([inputs["compiled"]], job["batch_sizes"], job["warmup"], job["iters"], None)
     if report["errors"]:

@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
-from edgefm.errors import EdgefmError
+from edgefm.contract.errors import EdgefmError
 from edgefm.runtimes.preprocess import as_pil
 
 COLORS = np.array([[30, 144, 255], [255, 99, 71], [50, 205, 50], [238, 130, 238], [255, 215, 0]], np.float32)
@@ -45,7 +45,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _check_parent(out: Path) -> None:
-    from edgefm.staging import file_in_the_way
+    from edgefm.contract.staging import file_in_the_way
 
     existing = file_in_the_way(out)
     if existing:
@@ -96,7 +96,7 @@ def _check_outside(out: Path, artifact: Path) -> None:
 def _artifact_for(artifact_dir: Path, task: str, what: str):
     """The loaded artifact, when its family declares `task` among its `tasks`; else which families do."""
     import edgefm
-    from edgefm import registry
+    from edgefm.contract import registry
 
     artifact = edgefm.load(artifact_dir)
     if task not in registry.family(artifact.manifest.family).tasks:
