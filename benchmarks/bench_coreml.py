@@ -26,9 +26,9 @@ QUICK_MODELS = "clip:tiny,dinov2:tiny,sam2:tiny,sd15:tiny"
 
 def bench_model(family: str, variant: str, out: Path, iters: int) -> list[dict]:
     from edgefm.bench.timing import artifact_latencies
+    from edgefm.contract.manifest import Manifest
     from edgefm.jobs.compile import compile_artifact
     from edgefm.jobs.export import export
-    from edgefm.contract.manifest import Manifest
     from edgefm.runtimes.coreml import unavailable_reason
 
     exported = out / f"{family}-{variant}"
@@ -60,7 +60,8 @@ def bench_model(family: str, variant: str, out: Path, iters: int) -> list[dict]:
 def report(rows: list[dict], out: Path) -> None:
     from edgefm.bench.hardware import describe, summary_lines
 
-    lines = ["| model | component | precision (scheme) | size MiB | vs fp16 | compile s (all components) | accuracy vs fp32 export | batch-1 ms |",
+    lines = ["| model | component | precision (scheme) | size MiB | vs fp16 | compile s (all components) "
+             "| accuracy vs fp32 export | batch-1 ms |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         latency = f"{r['latency_ms']:.2f}" if r["latency_ms"] is not None else "no Core ML here"

@@ -50,8 +50,9 @@ OPTIMUM_INTEL_PIP = [["install", "optimum-intel[openvino]==2.2.0", "pillow", os.
 
 # -- child: load one engine, time it, score it, report ---------------------------------------------
 def child(spec: dict) -> None:
-    from edgefm.bench.timing import peak_rss_mib, summarize, time_calls
     from peer_runners import runner, task_metrics
+
+    from edgefm.bench.timing import peak_rss_mib, summarize, time_calls
 
     feeds = dict(np.load(spec["inputs"]))
     call, size, extra = runner(spec)
@@ -242,11 +243,11 @@ def main() -> None:
     if args.child:
         return child(json.loads(args.child))
 
+    from peer_report import plot, write_markdown
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from edgefm.bench import hardware
     from edgefm.contract import registry
-    from peer_report import plot, write_markdown
 
     models, root = (QUICK if args.quick else REAL), args.out.resolve()
     batches = [int(b) for b in args.batches.split(",")]

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from bench_common import bar_panels, median_ms
 
 ENGINES = [(target, precision) for target in ("onnxruntime", "openvino") for precision in ("fp32", "fp16", "int8", "int4")]

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from bench_common import bar_panels, median_ms
 
 REAL_ENGINES = "onnxruntime-fp32,onnxruntime-int8,openvino-fp32,openvino-fp16,openvino-int8"
@@ -34,8 +33,8 @@ def torch_worker(variant: str, iters: int, threads: int, bf16: bool) -> dict:
     `bf16`, under bf16 autocast (PyTorch's own bf16 path on CPUs with AVX512-BF16 / AMX)."""
     import torch
 
-    from edgefm.contract import registry
     from edgefm.bench.timing import peak_rss_mib
+    from edgefm.contract import registry
     from edgefm.exporters.base import ExportOptions
 
     torch.set_num_threads(threads)

@@ -50,11 +50,11 @@ def bench_model(family: str, variant: str, out: Path, iters: int, engines: bool)
 
 def _rows(family, variant, planned: Path, compile_s: float, precision: str, engines: bool, out: Path,
           iters: int) -> list[dict]:
-    from edgefm.bench.timing import artifact_latencies
-    from edgefm.targets.tensorrt_device import build_engines
     from edgefm.bench.hardware import gpu_memory_mib
+    from edgefm.bench.timing import artifact_latencies
     from edgefm.contract.manifest import Manifest
     from edgefm.runtimes.tensorrt import this_machine
+    from edgefm.targets.tensorrt_device import build_engines
     from edgefm.targets.tensorrt_plan import cc_tuple
 
     plan = Manifest.load(planned)

@@ -69,9 +69,9 @@ def artifact_row(engine: str, directory: Path, compile_s: float, iters: int) -> 
 
 
 def bench_resolution(checkpoint: Path, resolution: int, out: Path, engines: list[str], iters: int) -> list[dict]:
+    from edgefm.exporters.base import ExportOptions
     from edgefm.jobs.compile import compile_artifact
     from edgefm.jobs.export import export
-    from edgefm.exporters.base import ExportOptions
 
     exported = out / f"export-{resolution}"
     export("dinov2", exported, model=str(checkpoint), options=ExportOptions(resolution=resolution),
@@ -146,8 +146,9 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    from edgefm.bench.hardware import describe
     from trained_dinov2 import build
+
+    from edgefm.bench.hardware import describe
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--resolutions", default="224")

@@ -57,13 +57,13 @@ def picture(directories: list[Path], labels: list[str], photos: list[Path], path
 
 
 def main() -> None:
+    from rich.console import Console
     from trained_dinov2 import FixtureUnavailable, build
 
     from edgefm.calibration.data import sample_photo_dir
+    from edgefm.cli.tables import results_table
     from edgefm.jobs.compile import compile_artifact
     from edgefm.jobs.export import export
-    from edgefm.cli.tables import results_table
-    from rich.console import Console
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("edgefm-demo/trained-dinov2"))

@@ -25,9 +25,17 @@ import nncf  # noqa: E402
 import numpy as np  # noqa: E402
 from optimum.exporters.openvino import export_from_model  # noqa: E402
 from optimum.exporters.openvino.model_configs import (  # noqa: E402
-    CLIPTextWithProjectionOpenVINOConfig, CLIPVisionModelOpenVINOConfig, ViTOpenVINOConfig)
-from optimum.intel import (OVConfig, OVModelForFeatureExtraction, OVQuantizationConfig, OVQuantizer,  # noqa: E402
-                           OVWeightQuantizationConfig)
+    CLIPTextWithProjectionOpenVINOConfig,
+    CLIPVisionModelOpenVINOConfig,
+    ViTOpenVINOConfig,
+)
+from optimum.intel import (  # noqa: E402
+    OVConfig,
+    OVModelForFeatureExtraction,
+    OVQuantizationConfig,
+    OVQuantizer,
+    OVWeightQuantizationConfig,
+)
 from transformers import AutoConfig, AutoModel, CLIPTextModelWithProjection, CLIPVisionModelWithProjection  # noqa: E402
 
 

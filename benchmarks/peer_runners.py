@@ -147,9 +147,9 @@ class _Callable:
 def task_metrics(spec: dict, call) -> dict:
     """The family's own task checks (those edgefm's compile gates use), this engine vs the fp32 export, on the
     held-out photos / prompts: every row is scored the same way."""
-    from edgefm.contract import registry
     from edgefm.calibration.data import load
     from edgefm.calibration.recipe import CheckContext
+    from edgefm.contract import registry
     from edgefm.contract.manifest import Manifest
     from edgefm.runtimes.loader import open_sessions
 

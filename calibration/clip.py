@@ -9,9 +9,9 @@ from edgefm.calibration.data import CalibrationData
 from edgefm.calibration.recipe import CalibrationRecipe, CheckContext
 from edgefm.contract.compare import normalize, top1_agreement
 from edgefm.contract.manifest import Manifest
+from edgefm.contract.records import Check
 from edgefm.runtimes.preprocess import preprocess
 from edgefm.runtimes.tokenizer import TextTokenizer
-from edgefm.contract.spec import Check
 
 
 def _pixels(images, manifest: Manifest) -> np.ndarray:

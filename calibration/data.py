@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefm.contract.errors import CalibrationError
+from edgefm.contract.images import IMAGE_SUFFIXES
 from edgefm.contract.spec import whole_number
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 HOLDOUT_EVERY = 4
 
 # scikit-image's bundled sample photographs and what they show (the zero-shot labels).

@@ -15,10 +15,10 @@ import numpy as np
 
 from edgefm.calibration.data import CalibrationData
 from edgefm.calibration.recipe import CalibrationRecipe, CheckContext
-from edgefm.contract.compare import psnr
 from edgefm.contract.cache import CompileCache
+from edgefm.contract.compare import psnr
 from edgefm.contract.manifest import Manifest, sha256_file
-from edgefm.contract.spec import Check
+from edgefm.contract.records import Check
 
 CAPTURE_STEPS = 4  # UNet inputs per prompt: timesteps spread over the whole schedule
 CALIB_PROMPTS = 8  # prompts the UNet is calibrated on (fewer with --calib-size)

@@ -15,8 +15,8 @@ from edgefm.calibration.data import CalibrationData
 from edgefm.calibration.recipe import CalibrationRecipe, CheckContext
 from edgefm.contract.compare import normalize
 from edgefm.contract.manifest import Manifest
+from edgefm.contract.records import Check
 from edgefm.runtimes.preprocess import as_pil, preprocess
-from edgefm.contract.spec import Check
 
 # (share of the shorter side kept, crop centre x, crop centre y, mirrored): the first view is the whole photo
 VIEWS = [(1.0, 0.5, 0.5, False), (1.0, 0.5, 0.5, True), (0.8, 0.4, 0.4, False), (0.8, 0.6, 0.6, True),

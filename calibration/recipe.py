@@ -18,7 +18,7 @@ from edgefm.contract.cache import CompileCache
 if TYPE_CHECKING:
     from edgefm.calibration.data import CalibrationData
     from edgefm.contract.manifest import Manifest
-    from edgefm.contract.spec import Check
+    from edgefm.contract.records import Check
 
 Feeds = list[dict]  # one dict {input name: numpy array} per session run
 

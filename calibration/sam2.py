@@ -13,7 +13,7 @@ from edgefm.calibration.recipe import CalibrationRecipe, CheckContext
 from edgefm.calibration.sam2_pipeline import mask_iou
 from edgefm.contract.cache import CompileCache
 from edgefm.contract.manifest import Manifest
-from edgefm.contract.spec import Check
+from edgefm.contract.records import Check
 
 
 def _capture(manifest: Manifest, directory: Path, image: Path, seed: int, cache: CompileCache) -> dict:

@@ -14,17 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from edgefm.contract.cache import CompileCache
+from edgefm.contract.compare import mask_iou
 from edgefm.contract.manifest import sha256_file
-from edgefm.contract.spec import Check
+from edgefm.contract.records import Check
 
 CLIP_FRAMES = 8
 VIDEO_PHOTOS = 2
-
-
-def mask_iou(got: np.ndarray, ref: np.ndarray) -> float:
-    """Intersection over union of two boolean masks (1.0 when both are empty)."""
-    union = np.logical_or(got, ref).sum()
-    return float(np.logical_and(got, ref).sum() / union) if union else 1.0
 
 
 def video_clip(photo, frames: int = CLIP_FRAMES) -> list[np.ndarray]:

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -95,7 +96,6 @@ class ModelFamily:
     name: str = ""
     title: str = ""  # how people write it ("SAM 2"), in messages
     description: str = ""
-    tasks: tuple[str, ...] = ()  # what `edgefm run` does with its artifacts (edgefm.jobs.run: segment, text-to-image)
     # `edgefm demo`: the variant it exports (None: not in the demo), and whether targets whose artifacts run
     # elsewhere are compiled for it too (two families keep the demo short)
     demo_variant: str | None = None
@@ -158,6 +158,12 @@ class ModelFamily:
         """The edgefm.runtimes.loader.Artifact subclass with the family's task helpers, what `edgefm.load`
         returns (imported inside the method, like `calibration`)."""
         raise NotImplementedError
+
+    def tasks(self) -> tuple:
+        """What `edgefm run` does with the family's artifacts: edgefm.contract.tasks.Task objects, whose
+        flags the command line is made from (() for none). Import the module declaring them inside the
+        method, like `calibration`: they are runtime code."""
+        return ()
 
     def demo_picture(self, exported: Path, compiled: list[Path], out_dir: Path) -> tuple[Path, str] | None:
         """`edgefm demo`: draw what each compiled artifact changes in the task's output beside the export's;

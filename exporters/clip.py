@@ -7,10 +7,20 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefm.exporters.base import (Component, ExportOptions, LoadedModel, ModelFamily, Source,
-                                   Variant, from_pretrained, graph_attention, pil_image_processor, preprocess_config,
-                                   weights_sha256)
 from edgefm.contract.spec import TensorSpec
+from edgefm.exporters.base import (
+    Component,
+    ExportOptions,
+    LoadedModel,
+    ModelFamily,
+    Source,
+    Variant,
+    from_pretrained,
+    graph_attention,
+    pil_image_processor,
+    preprocess_config,
+    weights_sha256,
+)
 
 _TEXT_B = dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
                vocab_size=49408, max_position_embeddings=77)
@@ -170,6 +180,11 @@ class ClipFamily(ModelFamily):
         from edgefm.runtimes.pipelines.clip import ClipArtifact
 
         return ClipArtifact
+
+    def tasks(self):
+        from edgefm.runtimes.pipelines.clip_tasks import TASKS
+
+        return TASKS
 
 
 FAMILY = ClipFamily()

@@ -7,10 +7,20 @@ from pathlib import Path
 import numpy as np
 
 from edgefm.contract.errors import EdgefmError
-from edgefm.exporters.base import (Component, ExportOptions, LoadedModel, ModelFamily, Source,
-                                   Variant, from_pretrained, graph_attention, pil_image_processor, preprocess_config,
-                                   weights_sha256)
 from edgefm.contract.spec import TensorSpec
+from edgefm.exporters.base import (
+    Component,
+    ExportOptions,
+    LoadedModel,
+    ModelFamily,
+    Source,
+    Variant,
+    from_pretrained,
+    graph_attention,
+    pil_image_processor,
+    preprocess_config,
+    weights_sha256,
+)
 
 PATCH = 14
 _COMMON = dict(image_size=518, patch_size=PATCH, mlp_ratio=4, layerscale_value=1.0)
@@ -167,6 +177,11 @@ class Dinov2Family(ModelFamily):
         from edgefm.runtimes.pipelines.dinov2 import Dinov2Artifact
 
         return Dinov2Artifact
+
+    def tasks(self):
+        from edgefm.runtimes.pipelines.dinov2_tasks import TASKS
+
+        return TASKS
 
 
 FAMILY = Dinov2Family()

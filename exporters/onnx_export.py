@@ -9,9 +9,9 @@ import numpy as np
 
 from edgefm.contract.compare import cosine_rows, max_abs_diff
 from edgefm.contract.errors import GateError
-from edgefm.exporters.base import Component
 from edgefm.contract.manifest import ComponentEntry, sha256_file
-from edgefm.contract.spec import Check, validation_record
+from edgefm.contract.records import Check, Validation
+from edgefm.exporters.base import Component
 
 # fp32 ONNX vs fp32 torch: only kernel-order rounding differs.
 EXPORT_COSINE_GATE = 0.9999
@@ -88,7 +88,7 @@ def export_component(component: Component, out_dir: Path) -> ComponentEntry:
     return entry
 
 
-def validate_against_torch(component: Component, path: Path, entry: ComponentEntry) -> dict:
+def validate_against_torch(component: Component, path: Path, entry: ComponentEntry) -> Validation:
     from edgefm.runtimes.loader import open_component
 
     session = open_component(Path(path).parent, entry, component.name)  # a graph it cannot open: one line
@@ -110,9 +110,9 @@ def validate_against_torch(component: Component, path: Path, entry: ComponentEnt
     checks = [Check("cosine_min", worst_cos, EXPORT_COSINE_GATE),
               Check("rel_max_abs_diff", worst_rel, EXPORT_REL_DIFF_GATE, higher_is_better=False,
                     detail={"max_abs_diff": worst_abs})]
-    return validation_record(checks, reference="torch fp32",
-                             inputs=f"fresh random inputs at {component.validation_dims} (seed {seed})")
+    return Validation(tuple(checks), reference="torch fp32",
+                      inputs=f"fresh random inputs at {component.validation_dims} (seed {seed})")
 
 
-def _describe(validation: dict) -> str:
+def _describe(validation: Validation) -> str:
     return ", ".join(f"{c['metric']}={c['value']:.6g} (gate {c['gate']})" for c in validation["checks"])

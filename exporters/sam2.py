@@ -16,9 +16,17 @@ from pathlib import Path
 import numpy as np
 
 from edgefm.contract.errors import EdgefmError
-from edgefm.exporters.base import (Component, ExportOptions, LoadedModel, ModelFamily, Source,
-                                   Variant, from_pretrained, weights_sha256)
 from edgefm.contract.spec import TensorSpec
+from edgefm.exporters.base import (
+    Component,
+    ExportOptions,
+    LoadedModel,
+    ModelFamily,
+    Source,
+    Variant,
+    from_pretrained,
+    weights_sha256,
+)
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -217,7 +225,6 @@ def sizes(config) -> dict:
 class Sam2Family(ModelFamily):
     name = "sam2"
     title = "SAM 2"
-    tasks = ("segment",)
     demo_variant = "tiny"
     description = "SAM 2.1 promptable segmentation: image encoder, prompt+mask decoder, video memory graphs"
     variants = VARIANTS
@@ -379,8 +386,13 @@ class Sam2Family(ModelFamily):
 
         return Sam2Artifact
 
+    def tasks(self):
+        from edgefm.runtimes.pipelines.sam2_tasks import TASKS
+
+        return TASKS
+
     def demo_picture(self, exported: Path, compiled: list[Path], out_dir: Path) -> tuple[Path, str]:
-        from edgefm.runtimes.pipelines.pictures import mask_grid
+        from edgefm.calibration.pictures import mask_grid
 
         return (mask_grid(exported, compiled, out_dir / "masks-by-precision.png"),
                 "SAM 2 masks by precision (red: differs from the export's mask)")

@@ -2,8 +2,14 @@
 from __future__ import annotations
 
 from edgefm.exporters.base import Variant
-from edgefm.exporters.stable_diffusion import (CLIP_L_TEXT, DEFAULT_SCHEDULER, REAL_VAE, TINY_VAE, DiffusionFamily,
-                                               tiny_text)
+from edgefm.exporters.stable_diffusion import (
+    CLIP_L_TEXT,
+    DEFAULT_SCHEDULER,
+    REAL_VAE,
+    TINY_VAE,
+    DiffusionFamily,
+    tiny_text,
+)
 
 TINY = dict(
     text_encoder=tiny_text(32),

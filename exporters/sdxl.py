@@ -2,8 +2,14 @@
 from __future__ import annotations
 
 from edgefm.exporters.base import Variant
-from edgefm.exporters.stable_diffusion import (CLIP_L_TEXT, DEFAULT_SCHEDULER, REAL_VAE, TINY_VAE, DiffusionFamily,
-                                               tiny_text)
+from edgefm.exporters.stable_diffusion import (
+    CLIP_L_TEXT,
+    DEFAULT_SCHEDULER,
+    REAL_VAE,
+    TINY_VAE,
+    DiffusionFamily,
+    tiny_text,
+)
 
 _TE1, _TE2, _POOLED, _TIME = 32, 64, 32, 8  # tiny text widths, pooled projection, time-id embedding width
 TINY = dict(

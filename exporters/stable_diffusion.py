@@ -14,10 +14,17 @@ from pathlib import Path
 import numpy as np
 
 from edgefm.contract.errors import EdgefmError
-from edgefm.exporters.base import (Component, ExportOptions, LoadedModel, ModelFamily, Source,
-                                   from_pretrained, weights_sha256)
-from edgefm.exporters.clip import preset_tokenizer
 from edgefm.contract.spec import TensorSpec
+from edgefm.exporters.base import (
+    Component,
+    ExportOptions,
+    LoadedModel,
+    ModelFamily,
+    Source,
+    from_pretrained,
+    weights_sha256,
+)
+from edgefm.exporters.clip import preset_tokenizer
 
 CONTEXT = 77  # tokens per prompt: SD pipelines always pad to the text encoder's full context
 # The checkpoint's scheduler -> the numpy scheduler edgefm runs (runtimes/schedulers.py). PNDM (SD 1.5's
@@ -48,7 +55,6 @@ def _preset_tokenizer(pad: str | None):
 
 
 class DiffusionFamily(ModelFamily):
-    tasks = ("text-to-image",)
     """What SD 1.5 and SDXL share; subclasses name their text encoders and UNet inputs."""
 
     supports_lora = True
@@ -269,8 +275,13 @@ class DiffusionFamily(ModelFamily):
 
         return DiffusionArtifact
 
+    def tasks(self):
+        from edgefm.runtimes.pipelines.diffusion_tasks import TASKS
+
+        return TASKS
+
     def demo_picture(self, exported: Path, compiled: list[Path], out_dir: Path) -> tuple[Path, str]:
-        from edgefm.runtimes.pipelines.pictures import image_grid
+        from edgefm.calibration.pictures import image_grid
 
         return (image_grid(exported, compiled, out_dir / "images-by-precision.png"),
                 "Stable Diffusion images by precision (PSNR vs the export's image)")

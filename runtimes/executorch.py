@@ -15,6 +15,9 @@ from edgefm.contract.errors import ArtifactError
 from edgefm.contract.manifest import ComponentEntry
 from edgefm.runtimes.session import Session, batch_items, check_built_sizes
 
+# by design: ExecuTorch programs run in the ExecuTorch runtime, which ships with torch
+NEEDS_TORCH = True  # (tests/unit/test_layers.py)
+
 PACKAGES = ["executorch"]  # the distributions that may provide this runtime (the hardware block's versions)
 
 

@@ -1,12 +1,12 @@
 """`edgefm.load(DIR)`: verify the artifact, open one session per component, add task helpers."""
 from __future__ import annotations
 
-import importlib
 import json
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgefm.contract import registry
 from edgefm.contract.errors import ArtifactError, EdgefmError
 from edgefm.contract.manifest import ComponentEntry, Manifest
 from edgefm.runtimes.session import Session
@@ -44,7 +44,7 @@ def open_component(directory: Path, entry: ComponentEntry, name: str, cache: Com
     holds them; with a `cache` (a job's CompileCache) they are also held by it until the job ends: a compile's
     reference, its calibration and its end-to-end check each load the fp32 export, which for SD 1.5 would
     otherwise be 4.7 GB apiece."""
-    runtime = runtime_module(entry.runtime, name)
+    runtime = registry.runtime(entry.runtime, name)
     path = Path(directory) / entry.file
     if not getattr(runtime, "SHARED_SESSIONS", False):
         return _opened(runtime, path, entry, name, session_options)
@@ -58,18 +58,6 @@ def open_component(directory: Path, entry: ComponentEntry, name: str, cache: Com
         return session
 
     return shared() if cache is None else cache.get(("session", *key), shared)
-
-
-def runtime_module(runtime: str, component: str):
-    """The edgefm.runtimes module a manifest names: one that opens sessions (`open_session`), nothing else."""
-    try:
-        module = importlib.import_module(f"edgefm.runtimes.{runtime}")
-    except ModuleNotFoundError:
-        module = None
-    if not callable(getattr(module, "open_session", None)):
-        raise ArtifactError(f"{component}: runtime {runtime!r} is not one this edgefm has; upgrade edgefm or "
-                            "rebuild the artifact")
-    return module
 
 
 def _opened(runtime, path: Path, entry: ComponentEntry, name: str, session_options: dict) -> Session:

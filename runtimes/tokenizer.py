@@ -23,7 +23,7 @@ class TextTokenizer:
                                 "artifact") from None
 
     @classmethod
-    def from_manifest(cls, manifest, directory: Path, text: dict | None = None) -> "TextTokenizer":
+    def from_manifest(cls, manifest, directory: Path, text: dict | None = None) -> TextTokenizer:
         """The tokenizer a `task.text` block of the artifact's manifest describes (default: `task["text"]`);
         its file must be one of the artifact's hashed assets."""
         text = text or manifest.task["text"]

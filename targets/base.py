@@ -6,12 +6,15 @@ compiled graph passes the accuracy gates; each later rung keeps more of the grap
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 from edgefm.contract.cache import CompileCache
-from edgefm.contract.manifest import ComponentEntry
+from edgefm.contract.errors import EdgefmError
+from edgefm.contract.manifest import ComponentEntry, Manifest
+from edgefm.contract.records import Check
 from edgefm.contract.spec import Precision
 
 
@@ -33,12 +36,12 @@ class Flag:
         return self.name or "--" + field_name.replace("_", "-")
 
 
-def option(default, help: str, **flag):
+def option(default: Any, help: str, **flag: Any) -> Any:
     """A field of a target's options dataclass with its command-line flag (see Flag)."""
     return field(default=default, metadata={"flag": Flag(help, **flag)})
 
 
-def flag_fields(options_class) -> dict[str, Flag]:
+def flag_fields(options_class: type) -> dict[str, Flag]:
     """{field name: Flag} of the options a target shows on the command line."""
     return {f.name: f.metadata["flag"] for f in dataclasses.fields(options_class) if "flag" in f.metadata}
 
@@ -47,6 +50,23 @@ def flag_fields(options_class) -> dict[str, Flag]:
 class Scheme:
     name: str
     params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OnDeviceRequest:
+    """What the on-device step of one compiled artifact is asked (`edgefm engine`, or the compile job's last phase)."""
+
+    artifact: Path  # the compiled artifact
+    # the build layer's validate job (edgefm.jobs.validate.validate), passed in: a target never imports that layer
+    validate: Callable[..., Manifest]
+    out: Path | None = None  # write a new artifact here; None rewrites `artifact` in place
+    flags: Mapping[str, Any] = field(default_factory=dict)  # values of the target options marked `on_device`
+    rebuild: bool = False  # build anew, past the step's cache, even if the artifact has been through it
+    cache: Path | None = None  # the step's cache folder (None: the target's default)
+    against: Path | None = None  # the fp32 export to gate against (None: the one the artifact was compiled from)
+    allow_below_gate: bool = False
+    overwrite: bool = False  # replace `out` if it exists
+    log: Callable[[str], None] = print
 
 
 @dataclass
@@ -96,26 +116,26 @@ class Target:
                 return f"{exc.name} is not installed (pip install 'edgefm[build]')"
         return None
 
-    def uses_calibration(self, precision: Precision, scheme: Scheme, options) -> bool:
+    def uses_calibration(self, precision: Precision, scheme: Scheme, options: Any) -> bool:
         """Whether the kept scheme computed anything from the calibration feeds (then the manifest records the
         calibration data): int8 / fp8 with calibrated activation ranges, or a scheme that says `calibrated`."""
         if scheme.params.get("calibrated", False):
             return True
         return precision in (Precision.INT8, Precision.FP8) and scheme.params.get("activations") != "float"
 
-    def runtime_settings(self, precision: Precision, scheme: Scheme, options) -> dict:
+    def runtime_settings(self, precision: Precision, scheme: Scheme, options: Any) -> dict:
         """How the runtime must run the written file to compute what was validated (compute precision, device,
         graph optimizations), stored as the entry's `options.runtime` and read by the runtime module."""
         return {}
 
-    def check_options(self, options, source) -> None:
+    def check_options(self, options: Any, source: Manifest) -> None:
         """Refuse, before any work, options that do not fit the exported artifact (`source`, its Manifest)."""
 
-    def schemes(self, precision: Precision, options, entry=None) -> list[Scheme]:
+    def schemes(self, precision: Precision, options: Any, entry: ComponentEntry | None = None) -> list[Scheme]:
         """The ladder for one component (its exported manifest `entry`), most aggressive first."""
         raise NotImplementedError
 
-    def compile(self, request: CompileRequest, options) -> str:
+    def compile(self, request: CompileRequest, options: Any) -> str:
         """Write the compiled graph; return its file name (relative to request.out_dir)."""
         raise NotImplementedError
 
@@ -124,13 +144,13 @@ class Target:
         what `validation_session` returns, and runs end-to-end checks on those sessions too."""
         return None
 
-    def validation_session(self, request: CompileRequest, entry: ComponentEntry, options):
+    def validation_session(self, request: CompileRequest, entry: ComponentEntry, options: Any) -> Any:
         """The session whose outputs are gated against the fp32 export: by default the compiled file itself."""
         from edgefm.runtimes.loader import open_component
 
         return open_component(request.out_dir, entry, request.component)
 
-    def static_checks(self, request: CompileRequest, entry: ComponentEntry, options) -> list:
+    def static_checks(self, request: CompileRequest, entry: ComponentEntry, options: Any) -> list[Check]:
         """Checks of the written file that need no runtime (names, shapes, weight storage): a list of Check."""
         return []
 
@@ -139,35 +159,30 @@ class Target:
         in float, in graph order; empty where the target cannot (then no per-layer search runs)."""
         return []
 
-    def restore_layers(self, request: CompileRequest, file: str, into: CompileRequest, options) -> str:
+    def restore_layers(self, request: CompileRequest, file: str, into: CompileRequest, options: Any) -> str:
         """Write into `into.out_dir` the compiled `file` of `request` with the layers `into.scheme.params
         ["float_layers"]` computing in float; return the written file's name."""
         raise NotImplementedError
 
-    def artifact_files(self, manifest, directory: Path) -> dict[str, str]:
+    def artifact_files(self, manifest: Manifest, directory: Path) -> dict[str, str]:
         """Files the target adds to a compiled artifact beside its components (name -> text), as assets."""
         return {}
 
     # -- the optional on-device step: what only the device that will run the artifact can do ------------------
-    def after_compile(self, artifact: Path, manifest, allow_below_gate: bool, log: Callable[[str], None]):
-        """Right after a compile: run the on-device step when this machine is the device, else log where and how;
-        return the artifact's manifest."""
-        return manifest
-
-    def on_device(self, artifact: Path, out: Path | None, flags: dict, rebuild: bool, cache: Path | None,
-                  against: Path | None, allow_below_gate: bool, overwrite: bool, log: Callable[[str], None]):
-        """`edgefm engine`: finish a compiled artifact on the device that will run it (in place, or into `out`),
-        gated against the fp32 export there; `flags` holds the values of the options marked `on_device`."""
-        from edgefm.contract.errors import EdgefmError
-
-        raise EdgefmError(f"{self.name} artifacts have no on-device step: they run as compiled")
-
     @property
     def has_on_device_step(self) -> bool:
         return type(self).on_device is not Target.on_device
 
-    def on_device_plan(self, artifact: Path, manifest, flags: dict) -> dict:
-        """`edgefm plan`: what the on-device step will build, as JSON-ready data."""
-        from edgefm.contract.errors import EdgefmError
+    def device_unavailable(self, artifact: Path, manifest: Manifest) -> str | None:
+        """None when this machine is the device the on-device step of `artifact` is for, else why not (then the
+        compile job logs where and how to run it). Asked only of targets that have an on-device step."""
+        return None
 
+    def on_device(self, request: OnDeviceRequest) -> Manifest:
+        """`edgefm engine`, and the compile job's last phase where this machine is the device: finish a compiled
+        artifact on the device that will run it, gated against the fp32 export there (`request.validate`)."""
+        raise EdgefmError(f"{self.name} artifacts have no on-device step: they run as compiled")
+
+    def on_device_plan(self, artifact: Path, manifest: Manifest, flags: Mapping[str, Any]) -> dict:
+        """`edgefm plan`: what the on-device step will build, as JSON-ready data."""
         raise EdgefmError(f"{self.name} artifacts have no on-device step, so no plan: they run as compiled")

@@ -180,7 +180,7 @@ class CoreMLTarget(Target):
         params = request.scheme.params
         package = request.out_dir / entry.file
         spec = _load_spec(package)
-        stored = "UINT%d" % params["bits"] if params["weights"] == "palettize" else STORAGE[request.precision.value]
+        stored = f"UINT{params['bits']}" if params["weights"] == "palettize" else STORAGE[request.precision.value]
         compressed = None
         if params["weights"] != "float":
             component = _component(request)

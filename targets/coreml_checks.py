@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgefm.contract.manifest import disk_bytes
-from edgefm.contract.spec import Check
+from edgefm.contract.records import Check
 
 # The package's array types for the manifest's dtypes (Core ML has no int64 inputs: ids go in as int32).
 ARRAY_TYPES = {"float32": "FLOAT32", "float16": "FLOAT16", "int64": "INT32", "int32": "INT32"}

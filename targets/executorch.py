@@ -27,7 +27,8 @@ from pathlib import Path
 
 from edgefm.contract.errors import EdgefmError
 from edgefm.contract.manifest import ComponentEntry, sha256_file
-from edgefm.contract.spec import Check, Precision
+from edgefm.contract.records import Check
+from edgefm.contract.spec import Precision
 from edgefm.targets.base import CompileRequest, Scheme, Target, option
 
 COMPUTE_OPS = ("linear", "convolution", "addmm", "mm", "bmm")  # what must run in XNNPACK (edge op names)

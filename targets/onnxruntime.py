@@ -203,8 +203,13 @@ class OnnxRuntimeTarget(Target):
         model.save_model_to_file(str(out), use_external_data_format=external)
 
     def _int8(self, base: Path, out: Path, request: CompileRequest, options: OnnxRuntimeOptions, params: dict) -> None:
-        from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
-                                              quantize_static)
+        from onnxruntime.quantization import (
+            CalibrationMethod,
+            QuantFormat,
+            QuantType,
+            quantize_dynamic,
+            quantize_static,
+        )
 
         exclude = _ends(base, MATMUL_CONV) if params["exclude_ends"] else []
         if options.int8_mode == "dynamic":

@@ -143,8 +143,7 @@ class OpenVinoTarget(Target):
 
     def _int8(self, model, request: CompileRequest, params: dict):
         import nncf
-        from nncf.quantization.advanced_parameters import (AdvancedQuantizationParameters,
-                                                           AdvancedSmoothQuantParameters)
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
         from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
         advanced = AdvancedQuantizationParameters()

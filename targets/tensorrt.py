@@ -19,10 +19,15 @@ from pathlib import Path
 
 from edgefm.contract.errors import EdgefmError
 from edgefm.contract.spec import Precision
-from edgefm.targets.base import CompileRequest, Scheme, Target, option
+from edgefm.targets.base import CompileRequest, OnDeviceRequest, Scheme, Target, option
 from edgefm.targets.onnxruntime import FP16_SENSITIVE, MATMUL_CONV
-from edgefm.targets.tensorrt_plan import (DEVICE_PROFILES, PLAN_FILE, artifact_dims, check_shape_dims,
-                                          parse_shape_overrides)
+from edgefm.targets.tensorrt_plan import (
+    DEVICE_PROFILES,
+    PLAN_FILE,
+    artifact_dims,
+    check_shape_dims,
+    parse_shape_overrides,
+)
 
 # ModelOpt AutoCast's default: activations past this magnitude keep their node in fp32 (fp16 tops out
 # at 65504, and products / sums of such values get there within a layer).
@@ -67,33 +72,26 @@ class TensorRTTarget(Target):
         # the engine, and reject the fp16 scales TensorRT reads
         return {"graph_optimization": "basic"}
 
-    def after_compile(self, artifact: Path, manifest, allow_below_gate: bool, log):
-        """Build the engines here when this is a GPU they are for, else say where and how."""
+    def device_unavailable(self, artifact: Path, manifest) -> str | None:
+        """None on a GPU with TensorRT that the artifact's device profile is for."""
         from edgefm.runtimes.tensorrt import this_machine, unavailable_reason
         from edgefm.targets.tensorrt_plan import build_plan, check_device
 
         reason = unavailable_reason()
-        try:
-            if not reason:
-                check_device(build_plan(manifest, artifact), this_machine())
-        except EdgefmError as exc:  # e.g. compiled for a Jetson on a workstation: its engines are built there
-            reason = str(exc)
         if reason:
-            log(f"graphs and build plan written and validated on the CPU; engines not built here ({reason}). "
-                f"On the GPU that will run them: `edgefm engine {artifact}`")
-            return manifest
+            return f"graphs and build plan written and validated on the CPU; engines not built here ({reason})"
+        try:
+            check_device(build_plan(manifest, artifact), this_machine())
+        except EdgefmError as exc:  # e.g. compiled for a Jetson on a workstation: its engines are built there
+            return f"graphs and build plan written and validated on the CPU; engines not built here ({exc})"
+        return None
+
+    def on_device(self, request: OnDeviceRequest):
         from edgefm.targets.tensorrt_device import build_engines
 
-        return build_engines(artifact, allow_below_gate=allow_below_gate, log=log)
+        return build_engines(request)
 
-    def on_device(self, artifact: Path, out: Path | None, flags: dict, rebuild: bool, cache: Path | None,
-                  against: Path | None, allow_below_gate: bool, overwrite: bool, log):
-        from edgefm.targets.tensorrt_device import build_engines
-
-        return build_engines(artifact, out, flags.get("device_profile"), flags.get("shapes"), rebuild, cache, against,
-                             allow_below_gate, overwrite, log=log)
-
-    def on_device_plan(self, artifact: Path, manifest, flags: dict) -> dict:
+    def on_device_plan(self, artifact: Path, manifest, flags) -> dict:
         from edgefm.targets.tensorrt_plan import build_plan
 
         return build_plan(manifest, artifact, flags.get("device_profile"), flags.get("shapes"))

@@ -13,31 +13,28 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Callable
 
 from edgefm.contract.errors import EdgefmError
-from edgefm.contract.manifest import Manifest, sha256_file
+from edgefm.contract.manifest import Manifest, recorded_parent, sha256_file
 from edgefm.contract.staging import staging_dir
+from edgefm.targets.base import OnDeviceRequest
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("EDGEFM_CACHE", Path.home() / ".cache" / "edgefm")) / "tensorrt"
 
 
-def build_engines(artifact: Path, out: Path | None = None, device_profile: str | None = None,
-                  shapes: tuple[str, ...] | None = None, rebuild: bool = False, cache: Path | None = None,
-                  against: Path | None = None, allow_below_gate: bool = False, overwrite: bool = False,
-                  log: Callable[[str], None] = print) -> Manifest:
-    """Engines for every component, gated against the fp32 export (the artifact's parent, or `against`) on
-    this GPU; below the gates nothing is written unless `allow_below_gate`. `rebuild` builds anew, past the
-    engine cache; `out` writes a new artifact instead of rewriting `artifact` in place."""
+def build_engines(request: OnDeviceRequest) -> Manifest:
+    """Engines for every component, gated against the fp32 export (the artifact's parent, or `request.against`)
+    on this GPU; below the gates nothing is written unless `allow_below_gate`. `rebuild` builds anew, past the
+    engine cache; `out` writes a new artifact instead of rewriting the artifact in place."""
     from edgefm.runtimes.tensorrt import unavailable_reason
     from edgefm.targets.tensorrt_plan import PLAN_FILE, build_plan, check_device
-    from edgefm.jobs.validate import recorded_parent
 
-    artifact = Path(artifact).resolve()
+    artifact, out, rebuild, log = Path(request.artifact).resolve(), request.out, request.rebuild, request.log
     manifest = Manifest.load(artifact)
-    plan = build_plan(manifest, artifact, device_profile, shapes)  # refuses artifacts not compiled for tensorrt
+    # refuses artifacts not compiled for tensorrt
+    plan = build_plan(manifest, artifact, request.flags.get("device_profile"), request.flags.get("shapes"))
     built = {n for n, e in manifest.components.items() if e.runtime == "tensorrt"}
     if built and not rebuild:
         raise EdgefmError(f"{artifact} already holds engines ({', '.join(sorted(built))}); pass --rebuild to build "
@@ -46,7 +43,7 @@ def build_engines(artifact: Path, out: Path | None = None, device_profile: str |
     if reason:
         raise EdgefmError(f"building TensorRT engines needs TensorRT and an NVIDIA GPU: {reason}. Copy {artifact} "
                           "(its ONNX graphs and build_plan.json) to the device and run `edgefm engine` there")
-    reference = Path(against) if against else recorded_parent(artifact, manifest)
+    reference = Path(request.against) if request.against else recorded_parent(artifact, manifest)
     if not (reference / "manifest.json").is_file():
         raise EdgefmError(f"the engines are gated against the fp32 export this artifact came from, {reference}, "
                           "which is not on this machine; copy it here and pass --against EXPORTED_DIR")
@@ -54,11 +51,11 @@ def build_engines(artifact: Path, out: Path | None = None, device_profile: str |
 
     here = this_machine()
     check_device(plan, here)
-    cache = Path(cache or cache_dir())
+    cache = Path(request.cache or cache_dir())
     cache.mkdir(parents=True, exist_ok=True)
     # in place (no `out`) the artifact is what the user asked to rewrite; a new `out` must not touch it
     inputs = [reference, cache] + ([artifact] if out else [])
-    with staging_dir(Path(out or artifact), out is None or overwrite, inputs, log) as tmp:
+    with staging_dir(Path(out or artifact), out is None or request.overwrite, inputs, log) as tmp:
         for name in _files(manifest):
             shutil.copy2(artifact / name, tmp / name)
         entries = {name: _engine_entry(manifest.components[name], name, component, plan, here, cache, artifact, tmp,
@@ -68,7 +65,7 @@ def build_engines(artifact: Path, out: Path | None = None, device_profile: str |
         engines = dataclasses.replace(manifest, components=entries,
                                       assets={**manifest.assets, PLAN_FILE: sha256_file(tmp / PLAN_FILE)})
         engines.save(tmp)
-        engines = _gated(tmp, engines, reference, allow_below_gate, log)
+        engines = _gated(tmp, engines, reference, request)
         engines.save(tmp)
     return engines
 
@@ -105,25 +102,23 @@ def _engine_entry(entry, name: str, component: dict, plan: dict, here: dict, cac
                                data_files=graph_files, options={**entry.options, "engine": record})
 
 
-def _gated(directory: Path, manifest: Manifest, reference: Path, allow_below_gate: bool, log) -> Manifest:
+def _gated(directory: Path, manifest: Manifest, reference: Path, request: OnDeviceRequest) -> Manifest:
     """The engines' own figures against the fp32 export, on this GPU; below a gate, a GateError (and the staging
     directory goes) unless `allow_below_gate`."""
     from edgefm.contract.errors import GateError
-    from edgefm.contract.spec import describe_checks
-    from edgefm.jobs.validate import validate
 
-    gated = validate(directory, against=reference, log=log)
-    below = [f"{name}: {describe_checks(e.validation)}" for name, e in gated.components.items()
-             if not e.validation["passed"]]
-    if gated.pipeline_validation and not gated.pipeline_validation["passed"]:
-        below.append(f"end to end: {describe_checks(gated.pipeline_validation)}")
-    if below and not allow_below_gate:
+    gated = request.validate(directory, against=reference, log=request.log)
+    below = [f"{name}: {e.validation.describe()}" for name, e in gated.components.items() if not e.validation.passed]
+    if gated.pipeline_validation and not gated.pipeline_validation.passed:
+        below.append(f"end to end: {gated.pipeline_validation.describe()}")
+    if below and not request.allow_below_gate:
         finding = "the engines are below their gates on this GPU (" + "; ".join(below) + ")"
         raise GateError(f"{finding}; nothing was written. Compile another precision, or keep them anyway with "
                         "--allow-below-gate (recorded in the manifest)", finding)
-    entries = {name: dataclasses.replace(e, validation={**e.validation, "allowed_below_gate": not e.validation["passed"],
-                                                        "measured_with": f"TensorRT on {e.options['engine']['device']}"})
-               for name, e in gated.components.items()}
-    pipeline = gated.pipeline_validation and {**gated.pipeline_validation,
-                                              "allowed_below_gate": not gated.pipeline_validation["passed"]}
+    entries = {name: dataclasses.replace(e, validation=dataclasses.replace(
+        e.validation, allowed_below_gate=not e.validation.passed,
+        measured_with=f"TensorRT on {e.options['engine']['device']}")) for name, e in gated.components.items()}
+    pipeline = gated.pipeline_validation
+    if pipeline:
+        pipeline = dataclasses.replace(pipeline, allowed_below_gate=not pipeline.passed)
     return dataclasses.replace(gated, components=entries, pipeline_validation=pipeline)

@@ -12,10 +12,19 @@ import io
 import json
 from pathlib import Path
 
-from edgefm.contract.spec import Check, Precision
+from edgefm.contract.records import Check
+from edgefm.contract.spec import Precision
 from edgefm.targets.base import CompileRequest
-from edgefm.targets.onnxruntime import (MATMUL_CONV, _FeedReader, _ends, constant_names, largest_same_shape_group,
-                                       quantized_nodes, quiet_logs, restore_nodes)
+from edgefm.targets.onnxruntime import (
+    MATMUL_CONV,
+    _ends,
+    _FeedReader,
+    constant_names,
+    largest_same_shape_group,
+    quantized_nodes,
+    quiet_logs,
+    restore_nodes,
+)
 
 FP16_MAX = 65504.0
 PINS_SUFFIX = ".fp16_pins.json"  # the pin list travels with its graph (a data file of the component)

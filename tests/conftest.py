@@ -35,8 +35,8 @@ clip_exported, dinov2_exported, sam2_exported, sd15_exported, sdxl_exported = (
 
 @pytest.fixture(scope="session")
 def dinov2_dynamic(work):
-    from edgefm.jobs.export import export
     from edgefm.exporters.base import ExportOptions
+    from edgefm.jobs.export import export
 
     export("dinov2", work / "dinov2-dyn", variant="tiny", options=ExportOptions(dynamic_resolution=True),
            log=_quiet)

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from edgefm.bench import report as bench_report
 from edgefm.bench import hardware
-from edgefm.contract import registry
-from edgefm.jobs.auto import TIE, choose, compile_auto
+from edgefm.bench import report as bench_report
 from edgefm.bench.runner import run_bench
+from edgefm.contract import registry
 from edgefm.contract.errors import EdgefmError, GateError
 from edgefm.contract.manifest import Manifest
+from edgefm.jobs.auto import TIE, choose, compile_auto
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +121,10 @@ def test_threads_reach_the_runtime(compiled, target):
         assert session._session.get_session_options().intra_op_num_threads == 1
 
 
-def _candidate(precision, latency, size, passed=True):
-    return {"precision": precision, "passed": passed, "latency_ms": latency, "size_mib": size, "reason": "gate"}
+def _candidate(precision, latency, size, passed=True, target=None):
+    from edgefm.contract.records import Candidate
+
+    return Candidate(precision, passed, target, "gate", latency, size)
 
 
 def test_choose_keeps_the_best_passing_candidate():
@@ -199,8 +201,7 @@ def test_target_auto_tries_every_target_that_runs_here(dinov2_exported, tmp_path
 
 
 def test_choose_names_the_target_of_each_candidate():
-    candidates = [{**_candidate("fp32", 10.0, 100), "target": "onnxruntime"},
-                  {**_candidate("int8", 4.0, 25), "target": "openvino"},
-                  {**_candidate("int8", 6.0, 25), "target": "onnxruntime"}]
+    candidates = [_candidate("fp32", 10.0, 100, target="onnxruntime"), _candidate("int8", 4.0, 25, target="openvino"),
+                  _candidate("int8", 6.0, 25, target="onnxruntime")]
     chosen, reason = choose(candidates, "latency")
     assert chosen["target"] == "openvino" and reason.startswith("openvino int8:") and "onnxruntime int8 6.00" in reason

@@ -7,8 +7,8 @@ import sys
 
 from click.testing import CliRunner
 
-from edgefm.jobs.auto import TIE
 from edgefm.cli import main
+from edgefm.jobs.auto import TIE
 
 
 def _run(*args):

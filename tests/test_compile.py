@@ -10,9 +10,9 @@ from PIL import Image, ImageOps
 import edgefm
 from edgefm.contract import registry
 from edgefm.contract.compare import cosine_rows
-from edgefm.jobs.compile import compile_artifact
 from edgefm.contract.errors import ArtifactError, CalibrationError, GateError, UnknownChoiceError
 from edgefm.contract.manifest import Manifest
+from edgefm.jobs.compile import compile_artifact
 from edgefm.runtimes.preprocess import preprocess
 from edgefm.targets.onnxruntime import OnnxRuntimeOptions
 

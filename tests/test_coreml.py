@@ -158,8 +158,8 @@ def test_bicubic_position_embeddings_are_baked(tmp_path):
 
 
 def test_dinov2_dynamic_resolution_needs_fixed_shapes(dinov2_dynamic, tmp_path):
-    from edgefm.jobs.compile import compile_artifact, target_options
     from edgefm.contract.manifest import Manifest
+    from edgefm.jobs.compile import compile_artifact, target_options
 
     with pytest.raises(EdgefmError, match="fixed-shapes"):
         compile_artifact(dinov2_dynamic, "coreml", "fp16", tmp_path / "ranged", calib_size=4, log=_quiet)
@@ -227,11 +227,12 @@ def test_refusals(clip_exported, tmp_path):
 def test_cli_defaults_to_fp16_and_refuses_auto_off_apple(clip_exported, tmp_path):
     from click.testing import CliRunner
 
-    from edgefm.cli import _compile_settings, main
+    from edgefm.cli import main
+    from edgefm.cli.build import compile_job
 
     flags = {"target": "coreml", "precision": None, "objective": None, "allow_below_gate": False}
-    assert _compile_settings(flags)[0]["precision"] == "fp16"
-    assert _compile_settings({**flags, "target": "onnxruntime"})[0]["precision"] == "fp32"
+    assert compile_job(flags).precision == "fp16"
+    assert compile_job({**flags, "target": "onnxruntime"}).precision == "fp32"
     if not ON_MAC:
         result = CliRunner().invoke(main, ["compile", str(clip_exported), "--target", "coreml", "--precision", "auto",
                                            "-o", str(tmp_path / "auto")])
@@ -242,9 +243,9 @@ def test_cli_defaults_to_fp16_and_refuses_auto_off_apple(clip_exported, tmp_path
 def test_session_splits_the_batch_and_casts_token_ids():
     """The session's own work around MLModel.predict: one call per batch item, int64 ids as int32,
     float32 outputs in order. The model is a stand-in for predict() only: this verifies nothing of Core ML."""
+    from edgefm.contract.spec import TensorSpec
     from edgefm.runtimes.coreml import CoreMLSession
     from edgefm.runtimes.session import Session
-    from edgefm.contract.spec import TensorSpec
 
     class PredictOnly:
         def __init__(self):
@@ -266,8 +267,8 @@ def test_session_splits_the_batch_and_casts_token_ids():
 
 def test_runtime_checks_the_sizes_a_package_was_built_for():
     from edgefm.contract.errors import FeedError
-    from edgefm.runtimes.coreml import check_package_shapes
     from edgefm.contract.spec import TensorSpec
+    from edgefm.runtimes.coreml import check_package_shapes
 
     specs = [TensorSpec("sample", "float32", ("batch", 4, "latent_height", "latent_width"))]
     feed = {"sample": np.zeros((2, 4, 8, 8), np.float32)}

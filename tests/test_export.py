@@ -10,9 +10,9 @@ import torch
 
 from edgefm.contract import registry
 from edgefm.contract.errors import EdgefmError, GateError
-from edgefm.jobs.export import export
-from edgefm.exporters.base import ExportOptions
 from edgefm.contract.manifest import Manifest, sha256_file
+from edgefm.exporters.base import ExportOptions
+from edgefm.jobs.export import export
 
 
 def _torch_component(family: str, source_kwargs: dict, options=ExportOptions(), name="image_encoder"):

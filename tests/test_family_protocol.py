@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from edgefm.contract import registry
 from edgefm.calibration.recipe import CalibrationRecipe, CheckContext
+from edgefm.contract import registry
 from edgefm.contract.cache import CompileCache
 from edgefm.contract.gates import GATES
 from edgefm.runtimes.loader import Artifact

@@ -6,12 +6,12 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
-from edgefm.contract import registry
 from edgefm.cli import main
-from edgefm.jobs.compile import compile_artifact
+from edgefm.contract import registry
 from edgefm.contract.gates import GATES, gates_for
 from edgefm.contract.manifest import Manifest
 from edgefm.contract.spec import Precision
+from edgefm.jobs.compile import compile_artifact
 
 
 def test_every_gate_row_holds_every_precision():

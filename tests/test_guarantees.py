@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import edgefm
 from edgefm.cli import main
@@ -497,8 +498,8 @@ def test_non_finite_values_inside_a_pipeline_check_fail_the_trial_not_the_compil
     """Session.run refuses NaN / Inf feeds; in an end-to-end check that means a component overflowed, which is a
     failed trial (the component goes back to fp32), not an aborted compile."""
     from edgefm.contract import registry
-    from edgefm.jobs.compile import compile_artifact
     from edgefm.contract.errors import FeedError
+    from edgefm.jobs.compile import compile_artifact
 
     recipe = registry.family("sd15").calibration()
     real = recipe.pipeline_checks

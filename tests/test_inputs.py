@@ -260,7 +260,7 @@ def test_run_refuses_outputs_that_cannot_be_written_or_destroy_input(sam2_export
 
 
 def test_run_video_never_writes_into_the_frames(sam2_exported, tmp_path, photos):
-    from edgefm.jobs.run import check_frames_out
+    from edgefm.runtimes.pipelines.outputs import check_folder_out
 
     frames = tmp_path / "frames"
     frames.mkdir()
@@ -272,8 +272,9 @@ def test_run_video_never_writes_into_the_frames(sam2_exported, tmp_path, photos)
     _cli_refused(["run", sam2_exported, *prompt, "-o", frames / "overlays"], "is or is inside the input")
     _cli_refused(["run", sam2_exported, *prompt, "-o", frames / "frame_00000.png"], "is a file")
     assert {p.name: p.read_bytes() for p in frames.iterdir()} == before
-    check_frames_out(tmp_path, sam2_exported, frames)  # a directory holding the frames is fine: overlays go beside them
-    check_frames_out(tmp_path / "overlays", sam2_exported, frames)
+    # a directory holding the frames is fine: overlays go beside them
+    check_folder_out(tmp_path, sam2_exported, [frames], "frame_*.png", "per-frame overlays")
+    check_folder_out(tmp_path / "overlays", sam2_exported, [frames], "frame_*.png", "per-frame overlays")
 
 
 def test_text_to_image_refuses_a_directory_or_the_start_image(sd15_exported, tmp_path, photos):

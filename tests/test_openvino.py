@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import edgefm
-from edgefm.jobs.compile import compile_artifact, target_options
 from edgefm.contract.errors import ArtifactError, EdgefmError
 from edgefm.contract.manifest import Manifest
+from edgefm.jobs.compile import compile_artifact, target_options
 from edgefm.targets.openvino import OpenVinoOptions
 
 

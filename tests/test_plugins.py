@@ -150,8 +150,8 @@ def test_a_target_without_an_on_device_step_says_so(compiled):
 
 
 def test_targets_lists_every_registered_target():
-    from edgefm.contract import registry
     from edgefm.cli import main
+    from edgefm.contract import registry
 
     result = CliRunner().invoke(main, ["targets"])
     assert result.exit_code == 0, result.output

@@ -32,7 +32,7 @@ def test_image_overlay_tints_exactly_the_predicted_mask(sam2_exported, photos, t
 
 
 def test_overlay_changes_only_masked_pixels_and_the_prompt_marks(photos):
-    from edgefm.jobs.run import overlay
+    from edgefm.runtimes.pipelines.pictures import overlay
 
     image = Image.open(photos[2]).convert("RGB")
     rng = np.random.default_rng()
@@ -74,5 +74,5 @@ def test_run_refuses_bad_requests(sam2_exported, dinov2_exported, photos, tmp_pa
         result = _run("run", sam2_exported, *args, "-o", tmp_path / "x.png")
         assert result.exit_code == 2 and message in result.output, (args, result.output)
     result = _run("run", dinov2_exported, "--image", photos[0], "--point", "5,5", "-o", tmp_path / "x.png")
-    assert result.exit_code == 2 and "prompts SAM 2 artifacts" in result.output
+    assert result.exit_code == 2 and "--point is one of the SAM 2 options" in result.output
     assert not (tmp_path / "x.png").exists()

@@ -7,14 +7,14 @@ import torch
 import torch.nn.functional as F
 import transformers
 from PIL import Image
+from sam2_reference import iou
 
 import edgefm
 from edgefm.contract.errors import FeedError
+from edgefm.contract.manifest import Manifest
 from edgefm.exporters.base import ExportOptions
 from edgefm.exporters.sam2 import VARIANTS
-from edgefm.contract.manifest import Manifest
 from edgefm.runtimes.pipelines.sam2 import bilinear_resize, pixels
-from sam2_reference import iou
 
 COMPONENTS = ("image_encoder", "mask_decoder", "memory_encoder", "memory_attention", "mask_prompt")
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
+from sam2_reference import iou
 
 import edgefm
 from edgefm.contract import registry
 from edgefm.contract.errors import GateError
 from edgefm.contract.manifest import Manifest
-from sam2_reference import iou
 
 CHECKS = {"image_mask_iou", "image_mask_iou_median", "video_mask_iou", "video_mask_iou_median"}
 

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from sam2_reference import ReferenceVideo, clip_of, iou
 
 import edgefm
 from edgefm.contract.errors import FeedError
 from edgefm.runtimes.pipelines.sam2 import bilinear_resize
-from sam2_reference import ReferenceVideo, clip_of, iou
 
 
 def _photo(photos, name):

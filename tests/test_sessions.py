@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 import edgefm
 from edgefm.contract.errors import FeedError
 from edgefm.contract.manifest import Manifest
-from edgefm.runtimes.session import Session
 from edgefm.contract.spec import TensorSpec
+from edgefm.runtimes.session import Session
 
 COMPONENT = {"dinov2": "image_encoder", "clip": "text_encoder"}
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sd_reference import psnr, reference_pipeline
 
 import edgefm
 from edgefm.contract import registry
 from edgefm.contract.errors import EdgefmError
-from edgefm.exporters.base import ExportOptions
 from edgefm.contract.manifest import Manifest
-from sd_reference import psnr, reference_pipeline
+from edgefm.exporters.base import ExportOptions
 
 PARITY_DB = 35.0  # the bar: the edgefm pipeline vs the diffusers pipeline, fp32, tiny
 

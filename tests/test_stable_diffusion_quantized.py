@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from sd_reference import psnr, reference_pipeline
 
 import edgefm
 from edgefm.contract import registry
 from edgefm.contract.manifest import Manifest
-from sd_reference import psnr, reference_pipeline
 
 # prompts and seeds neither calibration nor the compile's own check used
 FRESH = [("a watercolor of a lighthouse", 77), ("an old red car", 78), ("a bowl of fruit", 79),

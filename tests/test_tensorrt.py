@@ -11,6 +11,7 @@ import shutil
 import numpy as np
 import pytest
 from click.testing import CliRunner
+
 from edgefm.contract.errors import ArtifactError, EdgefmError
 from edgefm.runtimes.tensorrt import cuda_unavailable_reason, unavailable_reason
 
@@ -153,6 +154,7 @@ def test_static_checks_fail_on_graphs_tensorrt_cannot_build(trt, compiled, tmp_p
     """Negative controls: ONNX Runtime's own int8 graph (asymmetric uint8 activations, contrib ops after its
     fusions) fails the symmetric-QDQ and standard-ops checks; a pinned node left in fp16 fails the pin check."""
     import onnx
+
     from edgefm.contract.manifest import Manifest
     from edgefm.contract.spec import Precision
     from edgefm.targets import tensorrt_graphs
@@ -328,8 +330,8 @@ def test_gpu_engine_parity_with_fp32_onnx(trt, family, precision, request, tmp_p
     feeds, with and without CUDA graphs; a second build comes from the engine cache."""
     import edgefm
     from edgefm.contract.compare import cosine_rows
-    from edgefm.targets.tensorrt_device import build_engines
     from edgefm.runtimes.tensorrt import this_machine
+    from edgefm.targets.tensorrt_device import build_engines
     from edgefm.targets.tensorrt_plan import cc_tuple
 
     if precision == "fp8" and cc_tuple(this_machine()["compute_capability"]) < (8, 9):
@@ -356,8 +358,8 @@ def test_gpu_engine_parity_with_fp32_onnx(trt, family, precision, request, tmp_p
 @GPU
 def test_gpu_engine_on_other_tensorrt_version_is_refused(trt, tmp_path):
     import edgefm
-    from edgefm.targets.tensorrt_device import build_engines
     from edgefm.contract.manifest import MANIFEST_NAME
+    from edgefm.targets.tensorrt_device import build_engines
 
     build_engines(trt("dinov2", "fp16"), tmp_path / "engines", cache=tmp_path / "cache", log=lambda m: None)
     manifest = json.loads((tmp_path / "engines" / MANIFEST_NAME).read_text())

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgefm.contract.errors import EdgefmError
 from edgefm.bench.hardware import summary_lines
-from edgefm.cli.tables import SHORT_METRIC
+from edgefm.contract.errors import EdgefmError
+from edgefm.contract.records import SHORT_METRIC
 
 COLUMNS = ["artifact", "component", "target", "precision", "batch", "median ms", "p90 ms", "p99 ms", "items/s",
            "speed-up", "load s", "peak RSS MiB", "size MiB", "size ratio", "accuracy"]

@@ -17,6 +17,7 @@ import numpy as np
 
 from edgefm.bench.timing import measure, peak_rss_mib
 from edgefm.contract.errors import EdgefmError
+from edgefm.contract.records import Validation
 
 
 def has_batch_axis(inputs) -> bool:
@@ -28,7 +29,6 @@ def bench_component(directory: Path, component: str, batch: int, warmup: int, it
     """Load one component and time it at one batch size (runs inside the worker process)."""
     from edgefm.bench.hardware import gpu_memory_mib
     from edgefm.contract.manifest import Manifest
-
     from edgefm.runtimes.loader import open_component
 
     manifest = Manifest.load(directory, verify=False)  # the parent verified every file before any timing
@@ -45,7 +45,7 @@ def bench_component(directory: Path, component: str, batch: int, warmup: int, it
             "gpu_memory_mib": gpu_memory_mib(os.getpid()), **timing}
 
 
-def _accuracy(validation: dict | None) -> dict | None:
+def _accuracy(validation: Validation | None) -> dict | None:
     if not validation:
         return None
     return {k: validation[k] for k in ("metric", "value", "gate", "passed", "reference")}

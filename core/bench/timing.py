@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+
 def time_calls(call, warmup: int, iters: int) -> list[float]:
     """Milliseconds per call of `call()`, after `warmup` untimed calls."""
     for _ in range(warmup):

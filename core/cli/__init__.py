@@ -1,3 +1,4 @@
-"""`edgefm` command line (temporary: being split per command group)."""
-from edgefm.cli.app import *  # noqa
-from edgefm.cli.app import _compile_settings, main  # noqa
+"""The `edgefm` command line: one module per command group over the library in edgefm.jobs."""
+from edgefm.cli.app import main
+
+__all__ = ["main"]

@@ -1,3 +1,3 @@
-from edgefm.cli import main
+from edgefm.cli.app import main
 
 main()

@@ -5,22 +5,17 @@ from pathlib import Path
 
 from edgefm.contract.errors import EdgefmError
 from edgefm.contract.manifest import Manifest
+from edgefm.contract.records import SHORT_METRIC, PipelineValidation, Validation
 
 
-SHORT_METRIC = {"cosine_min": "cos min", "rel_max_abs_diff": "rel diff", "cosine": "cos",
-                "zero_shot_top1_agreement": "zero-shot top1", "image_mask_iou": "image IoU",
-                "image_mask_iou_median": "image IoU@median", "video_mask_iou": "video IoU",
-                "video_mask_iou_median": "video IoU@median"}
-
-
-def _accuracy(validation: dict | None) -> tuple[str, str, str]:
+def _accuracy(validation: Validation | PipelineValidation | None) -> tuple[str, str, str]:
     if not validation:
         return "-", "-", "-"
-    checks = validation["checks"]
-    value = ", ".join(f"{SHORT_METRIC.get(c['metric'], c['metric'])} {c['value']:.4g}" for c in checks)
-    gate = ", ".join(f"{'>=' if c['higher_is_better'] else '<='} {c['gate']:g}" for c in checks)
-    verdict = "[green]pass[/green]" if validation["passed"] else (
-        "[yellow]below gate (allowed)[/yellow]" if validation.get("allowed_below_gate") else "[red]FAIL[/red]")
+    checks = validation.checks
+    value = ", ".join(f"{SHORT_METRIC.get(c.metric, c.metric)} {c.value:.4g}" for c in checks)
+    gate = ", ".join(f"{'>=' if c.higher_is_better else '<='} {c.gate:g}" for c in checks)
+    verdict = "[green]pass[/green]" if validation.passed else (
+        "[yellow]below gate (allowed)[/yellow]" if validation.allowed_below_gate else "[red]FAIL[/red]")
     return value, gate, verdict
 
 
@@ -47,9 +42,9 @@ def results_table(rows: list[tuple[Path, Manifest]], latencies: dict | None = No
                           f"{latency:.2f}" if latency is not None else "-")
         pipeline = manifest.pipeline_validation
         if pipeline:
-            kept = f" ({', '.join(pipeline['kept_fp32'])} fp32)" if pipeline["kept_fp32"] else ""
+            kept = f" ({', '.join(pipeline.kept_fp32)} fp32)" if pipeline.kept_fp32 else ""
             target = next(iter(manifest.components.values())).target
-            table.add_row(_short(directory), "end to end", target, pipeline["precision"] + kept,
+            table.add_row(_short(directory), "end to end", target, pipeline.precision + kept,
                           f"{sum(e.size_mib(directory) for e in manifest.components.values()):.2f}",
                           *_accuracy(pipeline), "-")
     return table
@@ -66,8 +61,7 @@ def inspect_view(directory: Path, manifest: Manifest):
     if manifest.parent:
         head.add_row("[bold]compiled from[/bold]", manifest.parent["path"])
     if manifest.selection:
-        asked = manifest.selection.get("asked", "--precision auto")
-        head.add_row(f"[bold]{asked}[/bold]", manifest.selection["reason"])
+        head.add_row(f"[bold]{manifest.selection.asked}[/bold]", manifest.selection.reason)
     parts = [head, results_table([(directory, manifest)])]
     for name, entry in manifest.components.items():
         io = Table(title=f"{name}: {entry.file}", show_edge=False)
@@ -87,16 +81,16 @@ def sensitivity_view(manifest: Manifest, top: int = 25):
 
     tables = []
     for name, entry in manifest.components.items():
-        record = (entry.validation or {}).get("float_layers")
+        record = entry.validation.float_layers if entry.validation else None
         if not record:
             continue
-        kept = set(record["kept"])
-        ranking = record["ranking"]
-        latency = record["latency_ms_batch1"]
+        kept = set(record.kept)
+        ranking = record.ranking
+        latency = record.latency_ms_batch1
         cost = (f"; batch-1 ms {latency['all_quantized']:.2f} all quantized -> {latency['chosen']:.2f}" if latency
                 else "; latency not measured here (the target's files run elsewhere)")
         table = Table(title=f"{name}: {len(kept)} of {len(ranking['layers'])} layers kept in float (from "
-                            f"{record['from_scheme']}){cost}. Contribution: {ranking['metric']}, on "
+                            f"{record.from_scheme}){cost}. Contribution: {ranking['metric']}, on "
                             f"{ranking['measured_on']}")
         for column in ("rank", "layer", "error contribution", "kept in float"):
             table.add_column(column)
@@ -117,13 +111,13 @@ def sensitivity_plot(manifest: Manifest, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = {n: e.validation["float_layers"] for n, e in manifest.components.items()
-               if (e.validation or {}).get("float_layers")}
+    records = {n: e.validation.float_layers for n, e in manifest.components.items()
+               if e.validation and e.validation.float_layers}
     fig, axes = plt.subplots(len(records) or 1, 1, figsize=(12, 3.5 * max(len(records), 1)), squeeze=False)
     for ax, (name, record) in zip(axes[:, 0], records.items()):
-        layers = record["ranking"]["layers"]
+        layers = record.ranking["layers"]
         ax.bar(range(len(layers)), [layer["contribution"] for layer in layers],
-               color=["#d62728" if layer["name"] in record["kept"] else "#1e90ff" for layer in layers])
+               color=["#d62728" if layer["name"] in record.kept else "#1e90ff" for layer in layers])
         ax.set_title(f"{name}: error contribution per quantized layer, by rank (red: kept in float)", fontsize=10)
         ax.set_xlabel("layer rank")
         ax.set_ylabel("drop of 1 - cosine")

@@ -32,10 +32,17 @@ def top1_agreement(logits: np.ndarray, ref_logits: np.ndarray) -> float:
 
 
 def normalize(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    normalized: np.ndarray = x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    return normalized
 
 
 def psnr(got: np.ndarray, ref: np.ndarray) -> float:
     """Peak signal-to-noise ratio in dB of images in [0, 1] (inf when identical)."""
     mse = float(np.mean((np.asarray(got, np.float64) - ref) ** 2))
     return float("inf") if mse == 0 else float(10 * np.log10(1.0 / mse))
+
+
+def mask_iou(got: np.ndarray, ref: np.ndarray) -> float:
+    """Intersection over union of two boolean masks (1.0 when both are empty)."""
+    union = np.logical_or(got, ref).sum()
+    return float(np.logical_and(got, ref).sum() / union) if union else 1.0

@@ -1,4 +1,7 @@
 """Errors a user can act on. Each message names the problem and the fix."""
+from __future__ import annotations
+
+from collections.abc import Iterable
 
 
 class EdgefmError(Exception):
@@ -6,7 +9,7 @@ class EdgefmError(Exception):
 
 
 class UnknownChoiceError(EdgefmError):
-    def __init__(self, kind: str, value: str, choices):
+    def __init__(self, kind: str, value: str, choices: Iterable[str]) -> None:
         choices = sorted(choices)
         super().__init__(f"unknown {kind} {value!r}; valid choices: {', '.join(choices)}")
         self.choices = choices

@@ -7,7 +7,7 @@ family overrides single cells where its task needs another bar.
 """
 from __future__ import annotations
 
-from edgefm.contract.spec import Precision
+from edgefm.contract import spec  # Precision read at call time: the precisions are declared there, once
 
 GATES: dict[str, dict[str, float]] = {
     # mean cosine per output (secondary): fp16 and int4 weight-only near-lossless, int8 QDQ a bit less
@@ -32,7 +32,7 @@ GATES: dict[str, dict[str, float]] = {
 def gates_for(precision: str, metrics: tuple[str, ...], overrides: dict[str, dict[str, float]] | None = None
               ) -> dict[str, float]:
     """{metric: gate} for one precision; `overrides` is {metric: {precision: gate}} for the cells a family changes."""
-    chosen = Precision.parse(precision).value
+    chosen = spec.Precision.parse(precision).value
     unknown = sorted((set(metrics) | set(overrides or {})) - set(GATES))
     if unknown:
         raise ValueError(f"no gate row for {', '.join(unknown)}; add it to edgefm.contract.gates.GATES")

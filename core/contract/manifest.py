@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path, PureWindowsPath
+from typing import Any, NoReturn
 
 from edgefm.contract.errors import ArtifactError
+from edgefm.contract.records import PipelineValidation, Selection, Validation
 from edgefm.contract.spec import TensorSpec
 
 MANIFEST_NAME = "manifest.json"
@@ -52,11 +54,11 @@ def inside(directory: Path, name: str) -> Path:
     return path
 
 
-def _not_json(constant: str):
+def _not_json(constant: str) -> NoReturn:
     raise ValueError(f"{constant} is not a JSON value")
 
 
-def check_schema(data, path: Path) -> None:
+def check_schema(data: object, path: Path) -> None:
     """The manifest's types and values, against manifest.schema.json (shipped with edgefm), as one line."""
     import jsonschema
 
@@ -64,7 +66,9 @@ def check_schema(data, path: Path) -> None:
     if isinstance(version, (int, float)) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise ArtifactError(f"{path} has format {version}, newer than this edgefm understands "
                             f"({FORMAT_VERSION}); upgrade edgefm")
-    error = jsonschema.exceptions.best_match(_validator().iter_errors(data))
+    from edgefm.contract import spec  # read at call time: the precisions are declared there, once
+
+    error = jsonschema.exceptions.best_match(_validator(tuple(p.value for p in spec.Precision)).iter_errors(data))
     if error is not None:
         field_path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
         # escaped: names in an untrusted manifest may hold line breaks, and the error is one line
@@ -73,11 +77,12 @@ def check_schema(data, path: Path) -> None:
                             "fix the field)")
 
 
-@lru_cache(maxsize=1)
-def _validator():
+@lru_cache(maxsize=2)
+def _validator(precisions: tuple[str, ...]) -> Any:
     from jsonschema import Draft202012Validator, validators
 
     schema = json.loads((Path(__file__).parent / "manifest.schema.json").read_text())
+    schema["$defs"]["component"]["properties"]["precision"]["enum"] = list(precisions)
     # JSON Schema counts 2.0 as an integer; a shape or format_version of 2.0 is not one edgefm wrote
     strict = Draft202012Validator.TYPE_CHECKER.redefine(
         "integer", lambda checker, value: isinstance(value, int) and not isinstance(value, bool))
@@ -99,22 +104,24 @@ class ComponentEntry:
     precision: str
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    validation: dict | None = None
+    validation: Validation | None = None
     calibration: dict | None = None
     data_files: dict[str, str] = field(default_factory=dict)  # ONNX external data: name -> sha256
     options: dict = field(default_factory=dict)  # how it was made (typed options, as JSON)
 
     def to_json(self) -> dict:
-        data = asdict(self)
+        data = asdict(replace(self, validation=None))
+        data["validation"] = self.validation.to_json() if self.validation else None
         data["inputs"] = [s.to_json() for s in self.inputs]
         data["outputs"] = [s.to_json() for s in self.outputs]
         return data
 
     @classmethod
-    def from_json(cls, data: dict) -> "ComponentEntry":
+    def from_json(cls, data: dict) -> ComponentEntry:
         data = dict(data)
         data["inputs"] = [TensorSpec.from_json(s) for s in data["inputs"]]
         data["outputs"] = [TensorSpec.from_json(s) for s in data["outputs"]]
+        data["validation"] = Validation.from_json(data["validation"]) if data.get("validation") else None
         return cls(**data)
 
     def files(self) -> dict[str, str]:
@@ -135,15 +142,33 @@ class Manifest:
     assets: dict[str, str] = field(default_factory=dict)  # tokenizer / preprocessor files -> sha256
     task: dict = field(default_factory=dict)  # what the runtime pipelines need (preprocessing, labels)
     parent: dict | None = None  # the artifact a compiled one was made from
-    selection: dict | None = None  # how `--precision auto` chose this precision: every candidate's figures
-    pipeline_validation: dict | None = None  # end-to-end task check of a compiled artifact (families that have one)
+    selection: Selection | None = None  # how `--precision auto` chose this precision: every candidate's figures
+    pipeline_validation: PipelineValidation | None = None  # end-to-end task check of a compiled artifact (families that have one)
     edgefm_version: str = ""
     format_version: int = FORMAT_VERSION
 
     def to_json(self) -> dict:
-        data = asdict(self)
+        data = asdict(replace(self, components={}, selection=None, pipeline_validation=None))
         data["components"] = {k: v.to_json() for k, v in self.components.items()}
+        data["selection"] = self.selection.to_json() if self.selection else None
+        data["pipeline_validation"] = self.pipeline_validation.to_json() if self.pipeline_validation else None
         return data
+
+    @classmethod
+    def from_json(cls, data: dict, path: Path) -> Manifest:
+        """The manifest of schema-checked JSON; a record the schema lets through but that does not parse (a
+        hand-edited check without a value, say) is the artifact's fault, said in one line."""
+        data = dict(data)
+        try:
+            data["components"] = {k: ComponentEntry.from_json(v) for k, v in data["components"].items()}
+            if data.get("selection"):
+                data["selection"] = Selection.from_json(data["selection"])
+            if data.get("pipeline_validation"):
+                data["pipeline_validation"] = PipelineValidation.from_json(data["pipeline_validation"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ArtifactError(f"{path}: a validation or selection record is malformed ({type(exc).__name__}: "
+                                f"{exc}); rebuild the artifact") from None
+        return cls(**data)
 
     def save(self, directory: Path) -> Path:
         from edgefm import __version__
@@ -154,7 +179,7 @@ class Manifest:
         return path
 
     @classmethod
-    def load(cls, directory: Path, verify: bool = True) -> "Manifest":
+    def load(cls, directory: Path, verify: bool = True) -> Manifest:
         """Read and check a manifest: its schema and names always, every file's confinement and hash when `verify`.
 
         A manifest is untrusted input (artifacts are passed around), so nothing it names is opened before
@@ -171,8 +196,7 @@ class Manifest:
             raise ArtifactError(f"{path} is not a valid edgefm manifest (not JSON: {exc}); rebuild the "
                                 "artifact") from None
         check_schema(data, path)
-        data["components"] = {k: ComponentEntry.from_json(v) for k, v in data["components"].items()}
-        manifest = cls(**data)
+        manifest = cls.from_json(data, path)
         manifest.check_consistency(path)
         for name in manifest.listed_files():
             inside(directory, name)
@@ -207,10 +231,8 @@ class Manifest:
         if unknown:
             raise ArtifactError(f"{path}: components {unknown} are not part of family {self.family} "
                                 f"({', '.join(family.component_names)}); rebuild the artifact")
-        from edgefm.runtimes.loader import runtime_module
-
         for name, entry in self.components.items():
-            runtime_module(entry.runtime, f"{path}: components.{name}")
+            registry.runtime(entry.runtime, f"{path}: components.{name}")
             for spec in entry.inputs + entry.outputs:
                 if spec.range is not None and spec.range[0] > spec.range[1]:
                     raise ArtifactError(f"{path}: components.{name} {spec.name}.range {list(spec.range)} is empty "
@@ -243,3 +265,18 @@ class Manifest:
         """What `edgefm inspect` shows first."""
         return {"family": self.family, "variant": self.variant, "stage": self.stage,
                 "source": self.source.get("id"), "edgefm_version": self.edgefm_version}
+
+
+def recorded_parent(artifact: Path, manifest: Manifest) -> Path:
+    """The export `artifact` was compiled from, refused when it changed since (its manifest sha256 differs):
+    gating against another model would pass or fail for the wrong reason."""
+    parent = manifest.parent or {}
+    path = Path(parent.get("path", ""))
+    recorded = parent.get("manifest_sha256")
+    if not recorded:
+        raise ArtifactError(f"{artifact} records no sha256 of the export it was compiled from, so that export "
+                            "cannot be recognised; pass --against EXPORTED_DIR")
+    if (path / MANIFEST_NAME).is_file() and sha256_file(path / MANIFEST_NAME) != recorded:
+        raise ArtifactError(f"the export {path} changed since {artifact} was compiled from it (its manifest sha256 "
+                            "differs from the one recorded); recompile, or compare anyway with --against DIR")
+    return path

@@ -11,8 +11,10 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from importlib.metadata import entry_points
+from types import ModuleType
+from typing import Any
 
-from edgefm.contract.errors import EdgefmError, UnknownChoiceError
+from edgefm.contract.errors import ArtifactError, EdgefmError, UnknownChoiceError
 
 
 def _discover(package: str, attribute: str, group: str) -> dict:
@@ -37,19 +39,31 @@ def targets() -> dict:
     return _discover("edgefm.targets", "TARGET", "edgefm.targets")
 
 
-def family(name: str):
+def family(name: str) -> Any:
     found = families()
     if name not in found:
         raise UnknownChoiceError("family", name, found)
     return found[name]
 
 
-def target(name: str):
+def target(name: str) -> Any:
     found = targets()
     if name not in found:
         raise UnknownChoiceError("target", name, found)
     return found[name]
 
+
+def runtime(name: str, where: str) -> ModuleType:
+    """The edgefm.runtimes module a manifest names (`where`, for the error): one that opens sessions
+    (`open_session`), nothing else. Found by name like every plugin, so the contract imports no runtime."""
+    try:
+        module = importlib.import_module(f"edgefm.runtimes.{name}")
+    except ModuleNotFoundError:
+        module = None
+    if module is None or not callable(getattr(module, "open_session", None)):
+        raise ArtifactError(f"{where}: runtime {name!r} is not one this edgefm has; upgrade edgefm or rebuild the "
+                            "artifact")
+    return module
 
 
 def default_target():

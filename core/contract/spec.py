@@ -1,7 +1,7 @@
 """Typed descriptions shared by every stage: tensors, precisions and accuracy gates."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from numbers import Integral
 
@@ -9,21 +9,25 @@ from edgefm.contract.errors import UnknownChoiceError
 
 
 class Precision(str, Enum):
+    """Declared from most to least precise: `--precision auto` keeps the earlier of two tied candidates. A new
+    precision is a member here and a column of every row in contract/gates.py (the manifest schema takes its
+    values from here)."""
+
     FP32 = "fp32"
     FP16 = "fp16"
-    INT8 = "int8"
     FP8 = "fp8"  # e4m3 QDQ (TensorRT on Hopper / Ada); gated like int8
+    INT8 = "int8"
     INT4 = "int4"
 
     @classmethod
-    def parse(cls, value: str) -> "Precision":
+    def parse(cls, value: str) -> Precision:
         try:
             return cls(value.lower())
         except ValueError:
             raise UnknownChoiceError("precision", value, [p.value for p in cls]) from None
 
 
-def whole_number(value) -> bool:
+def whole_number(value: object) -> bool:
     """An int or numpy integer, not a bool (True is an int to Python, never a count to a user)."""
     return isinstance(value, Integral) and not isinstance(value, bool)
 
@@ -53,53 +57,10 @@ class TensorSpec:
         return data
 
     @classmethod
-    def from_json(cls, data: dict) -> "TensorSpec":
+    def from_json(cls, data: dict) -> TensorSpec:
         return cls(data["name"], data["dtype"], tuple(data["shape"]),
                    tuple(data["range"]) if data.get("range") is not None else None)
 
     def describe(self) -> str:
         values = f" in {self.range[0]}..{self.range[1]}" if self.range is not None else ""
         return f"{self.name}: {self.dtype}[{', '.join(str(d) for d in self.shape)}]{values}"
-
-
-@dataclass(frozen=True)
-class Check:
-    """One accuracy figure against a reference, with the gate it must reach."""
-
-    metric: str
-    value: float
-    gate: float
-    higher_is_better: bool = True
-    detail: dict = field(default_factory=dict)
-
-    @property
-    def passed(self) -> bool:
-        return self.value >= self.gate if self.higher_is_better else self.value <= self.gate
-
-    def to_json(self) -> dict:
-        return {"metric": self.metric, "value": self.value, "gate": self.gate,
-                "higher_is_better": self.higher_is_better, "passed": self.passed, **self.detail}
-
-
-def validation_record(checks: list[Check], reference: str, inputs: str, **extra) -> dict:
-    """Manifest form of a validation: the first check is the headline metric; `passed` covers all."""
-    head = checks[0]
-    return {"metric": head.metric, "value": head.value, "gate": head.gate,
-            "passed": all(c.passed for c in checks), "reference": reference, "inputs": inputs,
-            "checks": [c.to_json() for c in checks], **extra}
-
-
-def describe_checks(validation: dict) -> str:
-    """One line for logs and errors: every check's value and gate."""
-    return ", ".join(f"{c['metric']} {c['value']:.5f} (gate {c['gate']}{'; ' + c['note'] if c.get('note') else ''})"
-                     for c in validation["checks"])
-
-
-def margin(validation: dict) -> float:
-    """How far the worst check is above (or below) its gate, relative to the gate and in the check's direction,
-    so that checks in different units (cosine, agreement, dB, size ratios) compare."""
-    def relative(check: dict) -> float:
-        over = check["value"] - check["gate"] if check.get("higher_is_better", True) else check["gate"] - check["value"]
-        return over / max(abs(check["gate"]), 1e-9)
-
-    return min(relative(c) for c in validation["checks"])

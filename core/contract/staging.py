@@ -10,9 +10,9 @@ import os
 import shutil
 import socket
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable
 
 from edgefm.contract.errors import ArtifactError, EdgefmError
 from edgefm.contract.manifest import MANIFEST_NAME, Manifest
@@ -83,7 +83,7 @@ def _check_replaceable(out: Path) -> None:
 
 @contextmanager
 def staging_dir(out: Path, overwrite: bool = False, inputs: Iterable[Path | None] = (),
-                log: Callable[[str], None] = print):
+                log: Callable[[str], None] = print) -> Iterator[Path]:
     """Yield an empty hidden folder next to `out`; on success it becomes `out`, on any error it is removed."""
     out = check_output(out, overwrite, inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -124,7 +124,7 @@ def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
 
 
 @contextmanager
-def _claim(out: Path, log: Callable[[str], None]):
+def _claim(out: Path, log: Callable[[str], None]) -> Iterator[None]:
     """A lock file next to `out` for the build's lifetime; a dead build's lock and partial folders are cleared."""
     lock = out.with_name(f".{out.name}.edgefm-lock")
     # The lock appears with its owner already in it (a hard link of a written file): a lock created empty and
@@ -157,8 +157,8 @@ def _claim(out: Path, log: Callable[[str], None]):
 def _alive(owner: str) -> bool:
     """Whether the lock's owner (pid and host) still runs; a lock from another host is taken as alive."""
     try:
-        pid, host = owner.split(" ", 1)
-        pid = int(pid)
+        written, host = owner.split(" ", 1)
+        pid = int(written)
     except ValueError:
         return False  # a lock cut short by a crash while it was written
     if host != socket.gethostname():

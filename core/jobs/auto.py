@@ -8,38 +8,47 @@ precision of every installed target whose artifacts run on this machine, each wi
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any
 
 from edgefm.contract import registry
 from edgefm.contract.errors import EdgefmError, GateError
 from edgefm.contract.manifest import Manifest
+from edgefm.contract.records import Candidate, Selection
+from edgefm.jobs.compile import AUTO
+
+if TYPE_CHECKING:
+    from edgefm.jobs.compile import CompileJob
+    from edgefm.targets.base import Target
 
 # Within this share of the best figure two candidates are a tie (timing noise); the more precise one wins.
 TIE = 0.03
-ORDER = ["fp32", "fp16", "fp8", "int8", "int4"]  # most to least precise
-AUTO = "auto"
 
 
-def _label(candidate: dict) -> str:
-    return f"{candidate['target']} {candidate['precision']}" if candidate.get("target") else candidate["precision"]
+def precision_order() -> list[str]:
+    """Every precision a target builds, most to least precise: the order of Precision (contract.spec)."""
+    from edgefm.contract.spec import Precision
+
+    return [p.value for p in Precision]
 
 
-def choose(candidates: list[dict], objective: str) -> tuple[dict, str]:
-    """The candidate to keep and why. Candidates carry precision, passed, latency_ms and size_mib (and target,
-    in candidate order: the earlier target wins a tie between equally precise candidates)."""
-    key = {"latency": "latency_ms", "size": "size_mib"}[objective]
-    passing = [c for c in candidates if c["passed"]]
+def choose(candidates: list[Candidate], objective: str) -> tuple[Candidate, str]:
+    """The candidate to keep and why. Candidates come in candidate order: the earlier target wins a tie between
+    equally precise candidates."""
+    figure = {"latency": lambda c: c.latency_ms, "size": lambda c: c.size_mib}[objective]
+    passing = [c for c in candidates if c.passed]
     if not passing:
         raise GateError("no candidate passes its accuracy gate: " +
-                        "; ".join(f"{_label(c)}: {c['reason']}" for c in candidates))
-    best = min(c[key] for c in passing)
-    ties = [c for c in passing if c[key] <= best * (1 + TIE)]
-    chosen = min(ties, key=lambda c: ORDER.index(c["precision"]))
+                        "; ".join(f"{c.label}: {c.reason}" for c in candidates))
+    best = min(figure(c) for c in passing)
+    ties = [c for c in passing if figure(c) <= best * (1 + TIE)]
+    order = precision_order()
+    chosen = min(ties, key=lambda c: order.index(c.precision))
     unit = "ms" if objective == "latency" else "MiB"
-    others = ", ".join(f"{_label(c)} {c[key]:.2f}" for c in passing if c is not chosen)
-    reason = (f"{_label(chosen)}: {'lowest batch-1 latency' if objective == 'latency' else 'smallest size'} "
-              f"({chosen[key]:.2f} {unit}) among candidates passing their gates"
+    others = ", ".join(f"{c.label} {figure(c):.2f}" for c in passing if c is not chosen)
+    reason = (f"{chosen.label}: {'lowest batch-1 latency' if objective == 'latency' else 'smallest size'} "
+              f"({figure(chosen):.2f} {unit}) among candidates passing their gates"
               + (f" (others: {others} {unit})" if others else "")
               + (f"; within {TIE:.0%} of the best, so the most precise of those" if len(ties) > 1 else ""))
     return chosen, reason
@@ -54,7 +63,7 @@ def _measure(directory: Path, iters: int) -> tuple[float, float]:
     return latency, sum(e.size_mib(directory) for e in manifest.components.values())
 
 
-def candidate_targets(target_name: str) -> tuple[list, dict[str, str]]:
+def candidate_targets(target_name: str) -> tuple[list[Target], dict[str, str]]:
     """The targets to try, and for `auto` the ones left out with why (recorded in the manifest)."""
     from edgefm.jobs.compile import available_target
 
@@ -79,56 +88,63 @@ def candidate_targets(target_name: str) -> tuple[list, dict[str, str]]:
     return usable, skipped
 
 
-def compile_auto(artifact: Path, target_name: str, out: Path, objective: str = "latency", iters: int = 30,
-                 overwrite: bool = False, log: Callable[[str], None] = print, **compile_kwargs) -> Manifest:
-    from edgefm.bench.hardware import describe
-    from edgefm.contract.staging import staging_dir
-
+def compile_auto(artifact: Path, target_name: str, out: Path, *, objective: str = "latency", iters: int = 30,
+                 options: Any = None, calib_dir: Path | None = None, calib_size: int | None = None,
+                 prompts: Path | None = None, overwrite: bool = False,
+                 log: Callable[[str], None] = print) -> Manifest:
+    """Compile every candidate (each through the compile job), keep the best that passes its gates (`objective`),
+    and record every candidate's figures in the manifest's `selection`."""
     from edgefm.contract.cache import CompileCache
+    from edgefm.contract.staging import staging_dir
+    from edgefm.jobs.compile import CompileJob
 
     targets, skipped = candidate_targets(target_name)
-    inputs = [artifact, compile_kwargs.get("calib_dir"), compile_kwargs.get("prompts")]
-    compile_kwargs = {**compile_kwargs, "cache": CompileCache()}  # the candidates share the export's sessions, feeds
-    with staging_dir(Path(out), overwrite, inputs, log) as tmp:
-        candidates = []
-        for target in targets:
-            for precision in target.precisions:
-                candidates.append(_try(artifact, target.name, precision.value, tmp / ".candidates", iters, log,
-                                       compile_kwargs))
+    cache = CompileCache()  # the candidates share the export's sessions, feeds
+    with staging_dir(Path(out), overwrite, [artifact, calib_dir, prompts], log) as tmp:
+        candidates = [_try(artifact, CompileJob(target.name, precision.value, options, calib_dir, calib_size, prompts),
+                           tmp / ".candidates", iters, log, cache)
+                      for target in targets for precision in target.precisions]
         chosen, reason = choose(candidates, objective)
         log(f"auto: keeping {reason}")
-        for produced in (tmp / ".candidates" / f"{chosen['target']}-{chosen['precision']}").iterdir():
+        for produced in (tmp / ".candidates" / f"{chosen.target}-{chosen.precision}").iterdir():
             shutil.move(str(produced), tmp / produced.name)
         shutil.rmtree(tmp / ".candidates")
         manifest = Manifest.load(tmp)
-        hardware = describe(None, [t.runtime for t in targets])
-        manifest.selection = {"asked": f"--target {target_name} --precision auto", "objective": objective,
-                              "chosen": chosen["precision"], "chosen_target": chosen["target"], "reason": reason,
-                              "candidates": candidates, "targets_skipped": skipped,
-                              "measured_on": {k: hardware[k] for k in ("cpu", "isa")},
-                              "timing": f"median of {iters} runs at batch 1, summed over components"}
+        manifest.selection = _selection(target_name, objective, chosen, reason, candidates, skipped, targets, iters)
         manifest.save(tmp)
     return manifest
 
 
-def _try(artifact: Path, target: str, precision: str, root: Path, iters: int, log, compile_kwargs: dict) -> dict:
-    """Compile one candidate into root/TARGET-PRECISION and measure it; a failure is a recorded candidate."""
-    from edgefm.jobs.compile import compile_artifact
+def _selection(target_name: str, objective: str, chosen: Candidate, reason: str, candidates: list[Candidate],
+               skipped: dict[str, str], targets: list[Target], iters: int) -> Selection:
+    from edgefm.bench.hardware import describe
 
-    where, head = root / f"{target}-{precision}", {"target": target, "precision": precision}
-    log(f"auto: compiling {target} {precision}")
+    hardware = describe(None, [t.runtime for t in targets])
+    return Selection(f"--target {target_name} --precision auto", objective, chosen.precision, chosen.target or "",
+                     reason, tuple(candidates), skipped, {k: hardware[k] for k in ("cpu", "isa")},
+                     f"median of {iters} runs at batch 1, summed over components")
+
+
+def _try(artifact: Path, job: CompileJob, root: Path, iters: int, log: Callable[[str], None],
+         cache: Any) -> Candidate:
+    """Compile one candidate into root/TARGET-PRECISION and measure it; a failure is a recorded candidate."""
+    from edgefm.jobs.compile import run_job
+
+    where = root / f"{job.target}-{job.precision}"
+    log(f"auto: compiling {job.target} {job.precision}")
     try:
-        compile_artifact(artifact, target, precision, where, log=log, **compile_kwargs)
+        compiled = run_job(artifact, job, where, log=log, cache=cache)
     except GateError as exc:
-        return {**head, "passed": False, "reason": str(exc)}
+        return Candidate(job.precision, False, job.target, str(exc))
     except Exception as exc:  # one candidate failing to build must not discard the others
-        log(f"auto: {target} {precision} failed to compile: {exc!r}")
-        return {**head, "passed": False, "reason": f"compile failed: {exc!r}"}
+        log(f"auto: {job.target} {job.precision} failed to compile: {exc!r}")
+        return Candidate(job.precision, False, job.target, f"compile failed: {exc!r}")
     latency, size = _measure(where, iters)
-    log(f"auto: {target} {precision} passes its gates; {latency:.2f} ms (batch 1, all components), {size:.2f} MiB")
-    compiled = Manifest.load(where)
-    validation = {name: e.validation["value"] for name, e in compiled.components.items()}
-    if compiled.pipeline_validation:
-        validation["end to end"] = {c["metric"]: c["value"] for c in compiled.pipeline_validation["checks"]}
-        validation["kept_fp32"] = list(compiled.pipeline_validation["kept_fp32"])
-    return {**head, "passed": True, "latency_ms": latency, "size_mib": size, "validation": validation}
+    log(f"auto: {job.target} {job.precision} passes its gates; {latency:.2f} ms (batch 1, all components), "
+        f"{size:.2f} MiB")
+    validation: dict[str, Any] = {name: e.validation.value for name, e in compiled.components.items() if e.validation}
+    pipeline = compiled.pipeline_validation
+    if pipeline:
+        validation["end to end"] = {c.metric: c.value for c in pipeline.checks}
+        validation["kept_fp32"] = list(pipeline.kept_fp32)
+    return Candidate(job.precision, True, job.target, None, latency, size, validation)

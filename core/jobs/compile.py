@@ -1,41 +1,102 @@
-"""`edgefm compile`: exported artifact -> compiled artifact for one target and precision.
+"""The compile job: exported artifact -> compiled artifact for one target and precision, its on-device step
+included. `edgefm compile`, `build`, `demo`, `--precision auto` / `--target auto` and the matrix all go through
+`compile_artifact`, so they run the same phases in the same order:
 
-Per component the target's scheme ladder is tried in order; each attempt is validated against
-the fp32 export on held-out real inputs and the first one that passes its gates is kept.
+1. check the target's options against the export;
+2. per component, the target's scheme ladder (jobs.component), each attempt validated against the fp32 export on
+   held-out real inputs; families with an end-to-end check then gate the pipeline (jobs.pipeline_check);
+3. the target's artifact files, the manifest, the artifact moved into place whole;
+4. the target's on-device step, where this machine is the device it is for (else a line saying where and how).
 """
 from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Any
 
 from edgefm.contract import registry
-from edgefm.calibration.recipe import CheckContext
 from edgefm.contract.cache import CompileCache
-from edgefm.contract.errors import ArtifactError, EdgefmError, GateError, UnknownChoiceError
-from edgefm.contract.manifest import ComponentEntry, Manifest, sha256_file
-from edgefm.contract.spec import Precision, describe_checks, margin
+from edgefm.contract.errors import ArtifactError, EdgefmError, UnknownChoiceError
+from edgefm.contract.manifest import Manifest, sha256_file
+from edgefm.contract.spec import Precision
 from edgefm.contract.staging import staging_dir
-from edgefm.jobs.sensitivity import search
-from edgefm.jobs.validation import validate_component
+from edgefm.jobs.component import CompileContext
+from edgefm.jobs.on_device import finish_on_device
+from edgefm.targets.base import Target
 
-if TYPE_CHECKING:
-    from edgefm.calibration.data import CalibrationData
-    from edgefm.calibration.recipe import CalibrationRecipe
-    from edgefm.exporters.base import ModelFamily
+AUTO = "auto"  # --precision auto / --target auto: compile every candidate, keep the best that passes (jobs.auto)
+ON_DEVICE_POLICIES = ("here", "deferred")  # run the on-device step now where this is the device; or leave it
 
 
-def available_target(target_name: str):
+@dataclass(frozen=True)
+class CompileJob:
+    """What one compile is asked, checked before any work: the library form of `edgefm compile`'s flags."""
+
+    target: str
+    precision: str  # a precision the target builds, or "auto"
+    options: Any = None  # the target's options dataclass (None: its defaults); None for --target auto
+    calib_dir: Path | None = None
+    calib_size: int | None = None
+    prompts: Path | None = None
+    allow_below_gate: bool = False
+    objective: str | None = None  # what --precision auto optimizes: latency (default) or size
+    on_device: str = "here"  # "deferred": the caller runs the on-device step itself (the matrix, on its device)
+
+    @classmethod
+    def from_flags(cls, flags: Mapping[str, Any], target_flags: Mapping[str, Any]) -> CompileJob:
+        """The job of the CLI's shared compile flags (None: not given) and its target flags, refusing combinations
+        that cannot mean anything before any work starts."""
+        target = flags.get("target") or registry.default_target().name
+        allow_below_gate, objective = bool(flags.get("allow_below_gate")), flags.get("objective")
+
+        def job(precision: str, options: Any) -> CompileJob:
+            return cls(target, precision, options, flags.get("calib"), flags.get("calib_size"),
+                       flags.get("calib_prompts"), allow_below_gate, objective)
+
+        if target == AUTO:
+            return job(_auto_target_precision(flags, target_flags), None)
+        precision = flags.get("precision") or registry.target(target).default_precision.value
+        if precision == AUTO and allow_below_gate:
+            raise EdgefmError("--allow-below-gate does not combine with --precision auto, which keeps only "
+                              "precisions that pass their gates")
+        if precision != AUTO and objective:
+            raise EdgefmError(f"--objective applies to --precision auto only (got --precision {precision})")
+        return job(precision, target_options(target, **target_flags))
+
+    def inputs(self) -> list[Path | None]:
+        """The user's files the job reads: an output may not be one of them."""
+        return [self.calib_dir, self.prompts]
+
+
+def _auto_target_precision(flags: Mapping[str, Any], target_flags: Mapping[str, Any]) -> str:
+    """`--target auto` tries every runnable target with its default options, so it implies --precision auto and
+    takes no target flags."""
+    given = ["--" + k.replace("_", "-") for k, v in target_flags.items() if v is not None]
+    if given:
+        raise EdgefmError(f"{', '.join(given)} belong to one target; --target auto tries every target with its "
+                          "defaults, so name the --target to set them")
+    if flags.get("precision") not in (None, AUTO):
+        raise EdgefmError(f"--target auto chooses the precision too; drop --precision {flags['precision']} or "
+                          "name a --target")
+    if flags.get("allow_below_gate"):
+        raise EdgefmError("--allow-below-gate does not combine with --target auto, which keeps only candidates "
+                          "that pass their gates")
+    return AUTO
+
+
+def available_target(target_name: str) -> Target:
     """The target, or a clear error when this machine lacks what compiling for it needs."""
-    target = registry.target(target_name)
+    target: Target = registry.target(target_name)
     reason = target.available()
     if reason:
         raise EdgefmError(f"target {target.name} cannot compile on this machine: {reason}")
     return target
 
 
-def resolve_target(target_name: str, precision: str):
+def resolve_target(target_name: str, precision: str) -> tuple[Target, Precision]:
     target = available_target(target_name)
     chosen = Precision.parse(precision)
     if chosen not in target.precisions:
@@ -43,7 +104,7 @@ def resolve_target(target_name: str, precision: str):
     return target, chosen
 
 
-def target_options(target_name: str, **values):
+def target_options(target_name: str, **values: Any) -> Any:
     """The target's typed options from command-line values; None means "the target's default"."""
     target = registry.target(target_name)
     fields = {f.name for f in dataclasses.fields(target.options_class)}
@@ -64,33 +125,59 @@ def load_exported(artifact: Path) -> Manifest:
     return manifest
 
 
-def compile_artifact(artifact: Path, target_name: str, precision: str, out: Path, calib_dir: Path | None = None,
-                     calib_size: int | None = None, prompts: Path | None = None, options=None,
-                     allow_below_gate: bool = False, overwrite: bool = False,
-                     log: Callable[[str], None] = print, cache: CompileCache | None = None) -> Manifest:
-    """`cache`: what this compile computes once (the fp32 export's sessions, captured feeds, reference
-    outputs); a new one by default. A caller compiling the same export several times may pass one."""
+def compile_artifact(artifact: Path, target_name: str, precision: str, out: Path, *, calib_dir: Path | None = None,
+                     calib_size: int | None = None, prompts: Path | None = None, options: Any = None,
+                     allow_below_gate: bool = False, objective: str | None = None, overwrite: bool = False,
+                     on_device: str = "here", log: Callable[[str], None] = print,
+                     cache: CompileCache | None = None) -> Manifest:
+    """Compile `artifact` into `out` (see the module docstring for the phases). `cache`: what this compile computes
+    once (the fp32 export's sessions, captured feeds, reference outputs); a caller compiling the same export several
+    times may pass one."""
+    job = CompileJob(target_name, precision, options, calib_dir, calib_size, prompts, allow_below_gate, objective,
+                     on_device)
+    return run_job(Path(artifact), job, Path(out), overwrite=overwrite, log=log, cache=cache)
+
+
+def run_job(artifact: Path, job: CompileJob, out: Path, *, overwrite: bool = False,
+            log: Callable[[str], None] = print, cache: CompileCache | None = None) -> Manifest:
+    """`compile_artifact` of a CompileJob (what the CLI builds from its flags)."""
+    if job.on_device not in ON_DEVICE_POLICIES:
+        raise EdgefmError(f"on_device={job.on_device!r}: one of {', '.join(ON_DEVICE_POLICIES)}")
+    if job.precision == AUTO or job.target == AUTO:
+        from edgefm.jobs.auto import compile_auto
+
+        return compile_auto(artifact, job.target, out, objective=job.objective or "latency", options=job.options,
+                            calib_dir=job.calib_dir, calib_size=job.calib_size, prompts=job.prompts,
+                            overwrite=overwrite, log=log)
+    target, _ = resolve_target(job.target, job.precision)
+    manifest = _compile_here(artifact, job, out, overwrite, log, cache or CompileCache())
+    if job.on_device == "deferred":
+        return manifest
+    return finish_on_device(target, out, manifest, allow_below_gate=job.allow_below_gate, log=log)
+
+
+def _compile_here(artifact: Path, job: CompileJob, out: Path, overwrite: bool, log: Callable[[str], None],
+                  cache: CompileCache) -> Manifest:
+    """Phases 1-3: the compiled artifact in `out`, written whole or not at all."""
     from edgefm.calibration.data import load as load_calibration
     from edgefm.jobs.pipeline_check import compile_and_check_pipeline
     from edgefm.runtimes.loader import open_sessions
 
-    cache = CompileCache() if cache is None else cache
-    target, precision = resolve_target(target_name, precision)
-    options = options or target.options_class()
-    artifact = Path(artifact).resolve()
-    with staging_dir(Path(out), overwrite, [artifact, calib_dir, prompts], log) as tmp:
+    target, precision = resolve_target(job.target, job.precision)
+    options = job.options or target.options_class()
+    artifact = artifact.resolve()
+    with staging_dir(out, overwrite, [artifact, *job.inputs()], log) as tmp:
         source = load_exported(artifact)
         target.check_options(options, source)
         family = registry.family(source.family)
-        recipe = family.calibration()
-        data = load_calibration(calib_dir, calib_size, prompts)
+        data = load_calibration(job.calib_dir, job.calib_size, job.prompts)
         if data.note:
             log(data.note)
-        reference = open_sessions(artifact, source, cache)
-        context = _Context(target, options, precision, artifact, tmp, recipe, data, reference, source, family,
-                           allow_below_gate, log,
-                           {"dir": str(Path(calib_dir).resolve()) if calib_dir else None, "size": data.size,
-                            "prompts": str(prompts) if prompts else None}, cache)
+        calibration = {"dir": str(Path(job.calib_dir).resolve()) if job.calib_dir else None, "size": data.size,
+                       "prompts": str(job.prompts) if job.prompts else None}
+        context = CompileContext(target, options, precision, artifact, tmp, source, family, family.calibration(),
+                                 data, open_sessions(artifact, source, cache), calibration, job.allow_below_gate, log,
+                                 cache)
         pipeline = None
         if family.pipeline_gates(precision.value):
             compiled, pipeline = compile_and_check_pipeline(context)
@@ -108,101 +195,3 @@ def compile_artifact(artifact: Path, target_name: str, precision: str, out: Path
             manifest.assets[name] = sha256_file(tmp / name)
         manifest.save(tmp)
     return manifest
-
-
-@dataclasses.dataclass
-class _Context:
-    target: object
-    options: object
-    precision: Precision
-    artifact: Path
-    out_dir: Path
-    recipe: CalibrationRecipe
-    data: CalibrationData
-    reference: dict
-    source: Manifest
-    family: ModelFamily
-    allow_below_gate: bool
-    log: Callable[[str], None]
-    calibration: dict
-    cache: CompileCache
-    # attempt dir -> the session it was gated with, for targets whose files cannot run here (end-to-end checks)
-    stand_ins: dict = dataclasses.field(default_factory=dict)
-
-    def compile_component(self, name: str, precision: Precision) -> tuple[ComponentEntry, Path]:
-        """Walk the target's scheme ladder for one component; the entry and the folder holding its files."""
-        from edgefm.targets.base import CompileRequest
-
-        entry = self.source.components[name]
-        calib_feeds, heldout = self.recipe.feeds(name, self.source, self.artifact, self.data, self.cache)
-        gates = self.family.gates(name, precision.value)
-        work = self.out_dir / ".work" / f"{name}-{precision.value}"
-
-        def validate(candidate, static: list) -> dict:
-            checked = CheckContext(name, candidate, self.reference, self.source, self.artifact, self.data, gates,
-                                   self.cache)
-            return validate_component(self.recipe, checked, heldout, static)
-
-        attempts = []
-        for index, scheme in enumerate(self.target.schemes(precision, self.options, entry)):
-            attempt_dir = work / str(index)
-            attempt_dir.mkdir(parents=True)
-            self.log(f"{name}: {self.target.name} {precision.value} scheme {scheme.name}")
-            request = CompileRequest(name, self.artifact / entry.file, entry, precision, scheme, calib_feeds,
-                                     attempt_dir, work, self.cache)
-            compiled = self._entry(entry, precision, scheme, self.target.compile(request, self.options), attempt_dir)
-            static = self.target.static_checks(request, compiled, self.options)
-            broken = [c for c in static if not c.passed]
-            if broken:  # a file that is not what was asked: a conversion bug, never kept (not even below gate)
-                raise EdgefmError(f"{name}: the {self.target.name} file of scheme {scheme.name} fails its checks ("
-                                  + ", ".join(f"{c.metric} {c.value:.4g} (gate {c.gate}) {c.detail}" for c in broken)
-                                  + "); this is a conversion problem, please report it with `edgefm --version`")
-            candidate = self.target.validation_session(request, compiled, self.options)
-            validation = validate(candidate, static)
-            attempts.append((scheme, attempt_dir, compiled, validation, request))
-            if self.target.cannot_run_here():
-                self.stand_ins[attempt_dir] = candidate
-            self.log(f"{name}: {describe_checks(validation)} -> {'pass' if validation['passed'] else 'below gate'}")
-            if validation["passed"]:
-                break
-        if not any(a[3]["passed"] for a in attempts):  # then the fewest layers in float that pass, from data
-            found = search(self, name, max(attempts, key=lambda a: margin(a[3])), validate)
-            if found:
-                attempts.append(found[0])
-                if self.target.cannot_run_here():
-                    self.stand_ins[found[0][1]] = found[1]
-        scheme, attempt_dir, compiled, validation, _ = next(
-            (a for a in attempts if a[3]["passed"]), max(attempts, key=lambda a: margin(a[3])))
-        for _, other_dir, _, _, _ in attempts:  # stand-ins are whole torch models: keep the chosen one only
-            if other_dir != attempt_dir:
-                self.stand_ins.pop(other_dir, None)
-        if not validation["passed"] and not self.allow_below_gate:
-            tried = "; ".join(f"{s.name}: {describe_checks(v)}" for s, _, _, v, _ in attempts)
-            finding = f"{name} in {precision.value} stays below its gate after every scheme ({tried})"
-            raise GateError(f"{finding}. Try another precision, calibrate on your own images with --calib DIR, or "
-                            "keep the best attempt anyway with --allow-below-gate (recorded in the manifest)", finding)
-        validation["allowed_below_gate"] = not validation["passed"]
-        validation["attempts"] = [{"scheme": s.name, "passed": v["passed"], "value": v["value"]}
-                                  for s, _, _, v, _ in attempts]
-        calibrated = self.target.uses_calibration(precision, scheme, self.options)
-        return dataclasses.replace(compiled, validation=validation,
-                                   calibration=self.data.record(len(calib_feeds)) if calibrated else None), attempt_dir
-
-    def manifest(self, entries: dict[str, ComponentEntry], pipeline: dict | None = None) -> Manifest:
-        return Manifest(
-            family=self.source.family, variant=self.source.variant, stage="compiled", components=entries,
-            assets=dict(self.source.assets), task=self.source.task, source=self.source.source,
-            parent={"path": str(self.artifact), "manifest_sha256": sha256_file(self.artifact / "manifest.json"),
-                    "calibration": self.calibration},
-            pipeline_validation=pipeline)
-
-    def _entry(self, entry: ComponentEntry, precision: Precision, scheme, file: str, directory: Path) -> ComponentEntry:
-        """The manifest entry of one attempt: its files are everything the target wrote into `directory`."""
-        data_files = {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.name != file}
-        return dataclasses.replace(
-            entry, file=file, sha256=sha256_file(directory / file), runtime=self.target.runtime,
-            target=self.target.name, precision=precision.value, data_files=data_files,
-            # the scheme's parameters are what was applied: they win over the target's option of the same name
-            options={**entry.options, "compile": {**dataclasses.asdict(self.options), "scheme": scheme.name,
-                                                  **scheme.params},
-                     "runtime": self.target.runtime_settings(precision, scheme, self.options)})

@@ -7,8 +7,8 @@ accuracy gated here, and a latency only where they run). A family may draw a pic
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 
 def demo_families() -> list:
@@ -24,7 +24,7 @@ def demo_targets() -> list:
     return sorted(chosen, key=lambda t: (not t.demo_every_family, t.name))
 
 
-def run_demo(out: Path, log: Callable[[str], None] = print):
+def run_demo(out: Path, log: Callable[[str], None] = print) -> tuple[list, dict]:
     from edgefm.bench.timing import artifact_latencies
     from edgefm.jobs.compile import compile_artifact
     from edgefm.jobs.export import export

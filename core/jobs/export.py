@@ -1,16 +1,20 @@
 """`edgefm export`: model -> validated ONNX graphs + assets + manifest, built atomically."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
 from edgefm.contract import registry
 from edgefm.contract.manifest import Manifest, sha256_file
 from edgefm.contract.staging import staging_dir
 
+if TYPE_CHECKING:
+    from edgefm.exporters.base import ExportOptions
+
 
 def export(family_name: str, out: Path, model: str | None = None, variant: str | None = None,
-           random_weights: bool = False, options=None, overwrite: bool = False,
+           random_weights: bool = False, options: ExportOptions | None = None, overwrite: bool = False,
            log: Callable[[str], None] = print) -> Manifest:
     from edgefm.exporters.base import ExportOptions
     from edgefm.exporters.onnx_export import export_component
@@ -19,7 +23,7 @@ def export(family_name: str, out: Path, model: str | None = None, variant: str |
     options = options or ExportOptions()
     family.check_options(options)
     source = family.resolve(model, variant, random_weights)
-    inputs = [Path(source.id) if source.kind == "dir" else None, options.lora and Path(options.lora)]
+    inputs = [Path(source.id) if source.kind == "dir" else None, Path(options.lora) if options.lora else None]
     with staging_dir(Path(out), overwrite, inputs, log) as tmp:
         log(f"loading {family.name} from {source.kind} {source.id}")
         loaded = family.load(source, options)

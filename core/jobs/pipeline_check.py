@@ -14,19 +14,77 @@ every figure on the way.
 """
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
 from edgefm.contract.errors import FeedError, GateError
-from edgefm.contract.spec import Check, Precision, describe_checks, margin, validation_record
+from edgefm.contract.manifest import ComponentEntry
+from edgefm.contract.records import Check, PipelineAttempt, PipelineValidation
+from edgefm.contract.spec import Precision
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from edgefm.jobs.component import CompileContext
+
+Compiled = dict[str, tuple[ComponentEntry, "Path"]]  # component -> (entry, folder of its files)
 
 
-def compile_and_check_pipeline(context) -> tuple[dict, dict]:
+def compile_and_check_pipeline(context: CompileContext) -> tuple[Compiled, PipelineValidation]:
     """Compile every component, then gate the pipeline -> ({component: (entry, files_dir)}, the manifest's record).
 
     A component that cannot reach its own gate in the asked precision is kept in fp32 too (the
     pipeline can still be built, and the reason is recorded) instead of failing the whole compile."""
     precision = context.precision.value
-    gates = context.family.pipeline_gates(precision)
     kept_fp32 = context.family.keep_fp32(context.source, precision)  # component -> why
-    compiled, fp32 = {}, {}
+    compiled, fp32 = _compile_components(context, kept_fp32)
+    unavailable = context.target.cannot_run_here()
+    gates = context.family.pipeline_gates(precision)
+
+    def evaluate(chosen: Compiled) -> PipelineValidation:
+        trial = _load(context, chosen, unavailable)
+        try:
+            checks = context.recipe.pipeline_checks(trial, context.artifact, context.data, gates, context.cache)
+        except FeedError as exc:  # e.g. a reduced-precision component overflowed: its NaN / Inf reach the next one
+            checks = [Check("finite pipeline", 0.0, 1.0, detail={"note": str(exc)})]
+        return PipelineValidation(tuple(checks), precision, reference="fp32 export (ONNX Runtime), the same pipeline",
+                                  inputs=f"held-out {context.data.source}",
+                                  measured_with=f"the components' stand-ins ({unavailable})" if unavailable else None)
+
+    context.log(f"end to end: {context.family.name} pipeline in {precision} vs the fp32 export")
+    record = evaluate(compiled)
+    attempts = [_attempt(kept_fp32, record)]
+    while not record.passed:
+        quantized = [name for name, (entry, _) in compiled.items() if entry.precision != Precision.FP32.value]
+        if not quantized:
+            break
+        context.log(f"end to end: {record.describe()} -> below gate; trying each of {', '.join(quantized)} in fp32")
+        trials = {}
+        for name in quantized:
+            if name not in fp32:
+                fp32[name] = context.compile_component(name, Precision.FP32)
+            trials[name] = evaluate({**compiled, name: fp32[name]})
+            attempts.append(_attempt([*kept_fp32, name], trials[name]))
+        best = max(trials, key=lambda name: trials[name].margin)
+        kept_fp32[best] = f"end to end: {record.describe()}; with it in fp32: {trials[best].describe()}"
+        compiled, record = {**compiled, best: fp32[best]}, trials[best]
+        context.log(f"end to end: {best} kept in fp32 -> {record.describe()}")
+    if not record.passed and not context.allow_below_gate:
+        raise GateError(f"the {context.family.name} pipeline in {precision} stays below its gates even with "
+                        f"{', '.join(kept_fp32) or 'no component'} in fp32 ({record.describe()}). Try another "
+                        "precision, calibrate on your own images with --calib DIR, or keep it anyway with "
+                        "--allow-below-gate (recorded in the manifest)")
+    context.log(f"end to end: {record.describe()} -> {'pass' if record.passed else 'below gate (allowed)'}")
+    return compiled, dataclasses.replace(record, kept_fp32=kept_fp32, allowed_below_gate=not record.passed,
+                                         fallbacks=tuple(attempts))
+
+
+def _compile_components(context: CompileContext, kept_fp32: dict[str, str]) -> tuple[Compiled, Compiled]:
+    """Every component in the asked precision (those the family pins, or that miss their own gate, in fp32):
+    (what the pipeline is built from, the fp32 ones compiled so far)."""
+    compiled: Compiled = {}
+    fp32: Compiled = {}
     for name in context.source.components:
         if name in kept_fp32:
             context.log(f"{name}: kept in fp32 ({kept_fp32[name]})")
@@ -35,51 +93,13 @@ def compile_and_check_pipeline(context) -> tuple[dict, dict]:
         try:
             compiled[name] = context.compile_component(name, context.precision)
         except GateError as exc:
-            context.log(f"{name}: below its own {precision} gate after every scheme; kept in fp32")
+            context.log(f"{name}: below its own {context.precision.value} gate after every scheme; kept in fp32")
             compiled[name] = fp32[name] = context.compile_component(name, Precision.FP32)
             kept_fp32[name] = exc.finding
-
-    unavailable = context.target.cannot_run_here()
-
-    def evaluate(chosen: dict) -> dict:
-        trial = _load(context, chosen, unavailable)
-        try:
-            checks = context.recipe.pipeline_checks(trial, context.artifact, context.data, gates, context.cache)
-        except FeedError as exc:  # e.g. a reduced-precision component overflowed: its NaN / Inf reach the next one
-            checks = [Check("finite pipeline", 0.0, 1.0, detail={"note": str(exc)})]
-        extra = {"measured_with": f"the components' stand-ins ({unavailable})"} if unavailable else {}
-        return validation_record(checks, reference="fp32 export (ONNX Runtime), the same pipeline",
-                                 inputs=f"held-out {context.data.source}", **extra)
-
-    context.log(f"end to end: {context.family.name} pipeline in {precision} vs the fp32 export")
-    record = evaluate(compiled)
-    attempts = [_attempt(kept_fp32, record)]
-    while not record["passed"]:
-        quantized = [name for name, (entry, _) in compiled.items() if entry.precision != Precision.FP32.value]
-        if not quantized:
-            break
-        context.log(f"end to end: {describe_checks(record)} -> below gate; trying each of {', '.join(quantized)} in fp32")
-        trials = {}
-        for name in quantized:
-            if name not in fp32:
-                fp32[name] = context.compile_component(name, Precision.FP32)
-            trials[name] = evaluate({**compiled, name: fp32[name]})
-            attempts.append(_attempt([*kept_fp32, name], trials[name]))
-        best = max(trials, key=lambda name: margin(trials[name]))
-        kept_fp32[best] = f"end to end: {describe_checks(record)}; with it in fp32: {describe_checks(trials[best])}"
-        compiled, record = {**compiled, best: fp32[best]}, trials[best]
-        context.log(f"end to end: {best} kept in fp32 -> {describe_checks(record)}")
-    if not record["passed"] and not context.allow_below_gate:
-        raise GateError(f"the {context.family.name} pipeline in {precision} stays below its gates even with "
-                        f"{', '.join(kept_fp32) or 'no component'} in fp32 ({describe_checks(record)}). Try another "
-                        "precision, calibrate on your own images with --calib DIR, or keep it anyway with "
-                        "--allow-below-gate (recorded in the manifest)")
-    context.log(f"end to end: {describe_checks(record)} -> {'pass' if record['passed'] else 'below gate (allowed)'}")
-    return compiled, {**record, "precision": precision, "kept_fp32": kept_fp32,
-                      "allowed_below_gate": not record["passed"], "attempts": attempts}
+    return compiled, fp32
 
 
-def _load(context, chosen: dict, unavailable: str | None):
+def _load(context: CompileContext, chosen: Compiled, unavailable: str | None) -> Any:
     """The artifact of one evaluation: the chosen components' sessions, opened where their files are, and the
     export's assets. Where the target's files cannot run here (Core ML off Apple systems), its sessions are the
     ones each component was gated with (`Target.validation_session`), under the same task pipeline."""
@@ -93,6 +113,5 @@ def _load(context, chosen: dict, unavailable: str | None):
     return context.family.artifact_class()(context.artifact, manifest, sessions)
 
 
-def _attempt(kept_fp32, record: dict) -> dict:
-    return {"kept_fp32": list(kept_fp32), "passed": record["passed"],
-            "checks": {c["metric"]: c["value"] for c in record["checks"]}}
+def _attempt(kept_fp32: Iterable[str], record: PipelineValidation) -> PipelineAttempt:
+    return PipelineAttempt(tuple(kept_fp32), record.passed, {c.metric: c.value for c in record.checks})

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from edgefm.contract import registry
 from edgefm.contract.errors import ArtifactError, EdgefmError
-from edgefm.contract.manifest import MANIFEST_NAME, Manifest, sha256_file
+from edgefm.contract.manifest import Manifest, recorded_parent
+from edgefm.contract.records import PipelineValidation
 
 
 def validate(artifact: Path, against: Path | None = None, calib_dir: Path | None = None,
@@ -23,28 +24,13 @@ def validate(artifact: Path, against: Path | None = None, calib_dir: Path | None
     return _against_artifact(Path(artifact), manifest, reference_dir, calib_dir, log)
 
 
-def recorded_parent(artifact: Path, manifest: Manifest) -> Path:
-    """The export `artifact` was compiled from, refused when it changed since (its manifest sha256 differs):
-    gating against another model would pass or fail for the wrong reason."""
-    parent = manifest.parent or {}
-    path = Path(parent.get("path", ""))
-    recorded = parent.get("manifest_sha256")
-    if not recorded:
-        raise ArtifactError(f"{artifact} records no sha256 of the export it was compiled from, so that export "
-                            "cannot be recognised; pass --against EXPORTED_DIR")
-    if (path / MANIFEST_NAME).is_file() and sha256_file(path / MANIFEST_NAME) != recorded:
-        raise ArtifactError(f"the export {path} changed since {artifact} was compiled from it (its manifest sha256 "
-                            "differs from the one recorded); recompile, or compare anyway with --against DIR")
-    return path
-
-
-def _against_artifact(artifact: Path, manifest: Manifest, reference_dir: Path, calib_dir, log) -> Manifest:
+def _against_artifact(artifact: Path, manifest: Manifest, reference_dir: Path, calib_dir: Path | None,
+                     log: Callable[[str], None]) -> Manifest:
     from edgefm.calibration.data import load as load_calibration
     from edgefm.calibration.recipe import CheckContext
     from edgefm.contract.cache import CompileCache
-    from edgefm.runtimes.loader import load, open_sessions
-    from edgefm.contract.spec import validation_record
     from edgefm.jobs.validation import validate_component
+    from edgefm.runtimes.loader import load, open_sessions
 
     reference = Manifest.load(reference_dir)
     if reference.stage != "exported":  # a compiled reference (a copy of the artifact itself, say) proves nothing
@@ -71,13 +57,13 @@ def _against_artifact(artifact: Path, manifest: Manifest, reference_dir: Path, c
     if pipeline:
         log(f"validating the {manifest.family} pipeline end to end against {reference_dir}")
         checks = recipe.pipeline_checks(load(artifact, cache=cache), reference_dir, data,
-                                        family.pipeline_gates(pipeline["precision"]), cache)
-        pipeline = {**validation_record(checks, pipeline["reference"], pipeline["inputs"]),
-                    "precision": pipeline["precision"], "kept_fp32": pipeline["kept_fp32"]}
+                                        family.pipeline_gates(pipeline.precision), cache)
+        pipeline = PipelineValidation(tuple(checks), pipeline.precision, pipeline.reference, pipeline.inputs,
+                                      pipeline.kept_fp32)
     return dataclasses.replace(manifest, components=entries, pipeline_validation=pipeline)
 
 
-def _against_torch(artifact: Path, manifest: Manifest, log) -> Manifest:
+def _against_torch(artifact: Path, manifest: Manifest, log: Callable[[str], None]) -> Manifest:
     from edgefm.exporters.base import ExportOptions, Source
     from edgefm.exporters.onnx_export import validate_against_torch
 

@@ -1,18 +1,18 @@
 """Compare a compiled component with its fp32 reference on held-out real inputs."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgefm.contract.compare import cosine_rows
-from edgefm.contract.spec import Check, validation_record
+from edgefm.contract.records import Check, Validation
 
 if TYPE_CHECKING:
     from edgefm.calibration.recipe import CalibrationRecipe, CheckContext
 
 
-def compare_outputs(candidate, reference, feeds: list[dict], gate: float) -> Check:
+def compare_outputs(candidate: Any, reference: Any, feeds: list[dict], gate: float) -> Check:
     """Mean cosine per output over held-out rows; the headline is the worst output."""
     per_output: dict[str, list[np.ndarray]] = {}
     for feed in feeds:
@@ -25,11 +25,10 @@ def compare_outputs(candidate, reference, feeds: list[dict], gate: float) -> Che
 
 
 def validate_component(recipe: CalibrationRecipe, ctx: CheckContext, heldout_feeds: list[dict],
-                       static_checks: list | None = None) -> dict:
+                       static_checks: list[Check] | None = None) -> Validation:
     """The validation record of `ctx.candidate`: output cosine on `heldout_feeds` plus the recipe's task checks.
     The candidate is the compiled session, or a stand-in that says what it measured (`Session.measured_with`)."""
     checks = [compare_outputs(ctx.candidate, ctx.reference[ctx.component], heldout_feeds, ctx.gates["cosine"])]
     checks += recipe.extra_checks(ctx)
-    extra = {"measured_with": ctx.candidate.measured_with} if ctx.candidate.measured_with else {}
-    return validation_record(checks + list(static_checks or []), reference="fp32 export (ONNX Runtime)",
-                             inputs=f"held-out {ctx.data.source}", **extra)
+    return Validation(tuple(checks + list(static_checks or [])), reference="fp32 export (ONNX Runtime)",
+                      inputs=f"held-out {ctx.data.source}", measured_with=ctx.candidate.measured_with or None)

@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 
 from edgefm.bench.hardware import summary_lines
-from edgefm.cli.tables import SHORT_METRIC
+from edgefm.contract.records import SHORT_METRIC
 from edgefm.contract.staging import write_file_atomically
 
 COLUMNS = ["model", "target", "precision", "device", "status", "latency ms", "items/s", "peak RSS MiB", "size MiB",

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgefm import __version__
+from edgefm.contract.records import Check
 
 
 def task_metric(checks: list[dict]) -> dict | None:
@@ -14,12 +15,7 @@ def task_metric(checks: list[dict]) -> dict | None:
     if not candidates:
         return None
 
-    def margin(check: dict) -> float:
-        scale = abs(check["gate"]) or 1.0
-        gap = check["value"] - check["gate"]
-        return (gap if check.get("higher_is_better", True) else -gap) / scale
-
-    worst = min(candidates, key=margin)
+    worst = min(candidates, key=lambda check: Check.from_json(check).margin)
     return {k: worst[k] for k in ("metric", "value", "gate", "passed")} | {"component": worst["component"]}
 
 

@@ -58,8 +58,8 @@ def run_step(step: str, job: dict, names: list[str], *tars: bytes) -> dict:
     for a reason Ray cannot fix by retrying returns it rather than raising."""
     import ray
 
-    from edgefm.bench.timing import peak_rss_mib
     from edgefm.bench.hardware import describe
+    from edgefm.bench.timing import peak_rss_mib
 
     start = time.perf_counter()
     attempt = _attempt(job["run_id"], f"{step}-{job['key']}")
@@ -86,8 +86,8 @@ def _quiet(message: str) -> None:
 
 
 def _export(job: dict, inputs: dict, out: Path):
-    from edgefm.jobs.export import export
     from edgefm.exporters.base import ExportOptions
+    from edgefm.jobs.export import export
 
     model = job["model"]
     export(model["family"], out, model=model["model"], variant=model["variant"],
@@ -99,16 +99,16 @@ def _compile(job: dict, inputs: dict, out: Path):
     from edgefm.jobs.compile import compile_artifact, target_options
 
     options = target_options(job["target"], **job["options"])
+    # the on-device step is its own task, on the device kind the spec names
     compile_artifact(inputs["exported"], job["target"], job["precision"], out, options=options,
-                     allow_below_gate=True, log=_quiet)
+                     allow_below_gate=True, on_device="deferred", log=_quiet)
     return None
 
 
 def _on_device(job: dict, inputs: dict, out: Path):
-    from edgefm.contract import registry
+    from edgefm.jobs.on_device import run_on_device
 
-    registry.target(job["target"]).on_device(inputs["compiled"], out, {}, False, None, inputs["exported"], True,
-                                             False, _quiet)
+    run_on_device(inputs["compiled"], out=out, against=inputs["exported"], allow_below_gate=True, log=_quiet)
     return None
 
 
@@ -117,11 +117,12 @@ def _validate(job: dict, inputs: dict, out: Path):
     from edgefm.jobs.validate import validate
 
     manifest = validate(inputs["compiled"], against=inputs["exported"], log=_quiet)
-    found = [(name, check) for name, entry in manifest.components.items()
-             for check in (entry.validation or {}).get("checks", [])]
-    found += [("pipeline", check) for check in (manifest.pipeline_validation or {}).get("checks", [])]
-    keep = ("metric", "value", "gate", "passed", "higher_is_better")
-    return {"checks": [{"component": name, **{k: check.get(k, True) for k in keep}} for name, check in found]}
+    found = [(name, check) for name, entry in manifest.components.items() if entry.validation
+             for check in entry.validation.checks]
+    if manifest.pipeline_validation:
+        found += [("pipeline", check) for check in manifest.pipeline_validation.checks]
+    return {"checks": [{"component": name, "metric": c.metric, "value": c.value, "gate": c.gate, "passed": c.passed,
+                        "higher_is_better": c.higher_is_better} for name, c in found]}
 
 
 def _bench(job: dict, inputs: dict, out: Path):

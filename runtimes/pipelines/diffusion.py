@@ -9,17 +9,17 @@ but not diffusers' torch noise: pass `latents=` to start from the same noise as 
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
 
 from edgefm.contract.errors import FeedError
+from edgefm.contract.spec import whole_number
 from edgefm.runtimes.loader import Artifact
 from edgefm.runtimes.preprocess import as_pil
 from edgefm.runtimes.schedulers import SCHEDULERS, make_scheduler
 from edgefm.runtimes.tokenizer import TextTokenizer
-from edgefm.contract.spec import whole_number
 
 
 def _prompts(value, what: str) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 
 from edgefm.contract.errors import FeedError
-
 from edgefm.runtimes.loader import Artifact
 from edgefm.runtimes.preprocess import as_image_list, preprocess
 

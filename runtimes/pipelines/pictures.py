@@ -1,75 +1,50 @@
-"""Pictures of what each precision changes in a task's output (`edgefm demo`): masks and generated images,
-one tile per artifact beside the fp32 export's."""
+"""Pictures `edgefm run` tasks draw for people: mask overlays with their prompts, and patch features as
+colours beside the image they came from."""
 from __future__ import annotations
 
-from pathlib import Path
+import numpy as np
+from PIL import Image, ImageDraw
+
+COLORS = np.array([[30, 144, 255], [255, 99, 71], [50, 205, 50], [238, 130, 238], [255, 215, 0]], np.float32)
 
 
-def mask_grid(exported: Path, directories: list[Path], path: Path) -> Path:
-    """One click on a sample photo through a segmentation export and each artifact compiled from it: a tile
-    per artifact, its mask tinted blue and red where it differs from the export's mask.
-
-    The random tiny weights give near-full masks at the users' threshold 0, so every tile is
-    thresholded at the median of the export's logits instead: the picture then shows where each
-    precision moves the mask boundary (the figure the compile step gates as *_mask_iou_median)."""
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    import edgefm
-    from edgefm.calibration.data import load
-    from edgefm.calibration.sam2_pipeline import mask_iou
-    from edgefm.jobs.run import overlay
-    from edgefm.runtimes.pipelines.sam2 import bilinear_resize
-
-    photo = next(p for p in load().all_images if p.name == "astronaut.png")
-    image = Image.open(photo).convert("RGB").resize((256, 256))
-    click = [[128.0, 100.0]]
-    tiles, want, threshold = [], None, None
-    for directory in [exported, *directories]:
-        artifact = edgefm.load(directory)
-        artifact.set_image(image)
-        logits = bilinear_resize(artifact.predict(click, [1], multimask=False).logits, 256, 256)[0]
-        if want is None:
-            threshold = np.median(logits)
-            want = logits > threshold
-        mask = logits > threshold
-        tile = np.asarray(overlay(image, [mask], click, [1])).copy()
-        tile[mask != want] = (255, 40, 40)
-        tile = Image.fromarray(tile)
-        draw = ImageDraw.Draw(tile)
-        draw.rectangle([0, 0, 255, 16], fill=(0, 0, 0))
-        draw.text((4, 3), f"{directory.name}  IoU {mask_iou(mask, want):.3f}", fill=(255, 255, 0))
-        tiles.append(tile)
-    return _grid(tiles, path)
+def overlay(image: Image.Image, masks: list[np.ndarray], points=(), labels=(), box=None) -> Image.Image:
+    """The image with each mask tinted in its own colour (50% blend) and the prompt drawn on top."""
+    pixels = np.asarray(image.convert("RGB"), np.float32)
+    for index, mask in enumerate(masks):
+        color = COLORS[index % len(COLORS)]
+        pixels[mask] = 0.5 * pixels[mask] + 0.5 * color
+    out = Image.fromarray(pixels.round().astype(np.uint8))
+    draw = ImageDraw.Draw(out)
+    radius = max(3, min(out.size) // 100)
+    for (x, y), label in zip(points, labels, strict=True):
+        draw.ellipse([x - radius, y - radius, x + radius, y + radius], fill=(0, 255, 0) if label else (255, 0, 0),
+                     outline=(255, 255, 255))
+    if box is not None:
+        draw.rectangle(list(box), outline=(255, 255, 0), width=max(2, radius // 2))
+    return out
 
 
-def image_grid(exported: Path, directories: list[Path], path: Path, prompt: str = "a photo of an astronaut",
-                  seed: int = 0) -> Path:
-    """One prompt and seed through a text-to-image export and each artifact compiled from it: a tile per
-    artifact with its PSNR against the export's image (random tiny weights draw abstract images)."""
-    from PIL import Image, ImageDraw
-
-    import edgefm
-    from edgefm.contract.compare import psnr
-    from edgefm.runtimes.pipelines.diffusion import to_pil
-
-    tiles, want = [], None
-    for directory in [exported, *directories]:
-        image = edgefm.load(directory).generate(prompt, seed=seed)
-        want = image if want is None else want
-        tile = to_pil(image)[0].resize((256, 256), Image.Resampling.NEAREST)
-        draw = ImageDraw.Draw(tile)
-        draw.rectangle([0, 0, 255, 16], fill=(0, 0, 0))
-        draw.text((4, 3), f"{directory.name}  PSNR {min(psnr(image, want), 99.9):.1f} dB", fill=(255, 255, 0))
-        tiles.append(tile)
-    return _grid(tiles, path)
+def pca_rgb(features: np.ndarray) -> tuple[np.ndarray, float]:
+    """A [h, w, C] feature grid as [h, w, 3] uint8: its projections on its first three principal components,
+    each scaled to 0..255, and the share of the variance those components explain. Similar features get
+    similar colours, which is how people look at what a backbone sees."""
+    flat = features.reshape(-1, features.shape[-1]).astype(np.float64)
+    centered = flat - flat.mean(0)
+    _, singular, components = np.linalg.svd(centered, full_matrices=False)
+    projected = np.zeros((len(flat), 3))
+    projected[:, :min(3, len(components))] = centered @ components[:3].T
+    low, high = projected.min(0), projected.max(0)
+    scaled = (projected - low) / np.where(high > low, high - low, 1.0)
+    variance = float((singular ** 2).sum())
+    explained = float((singular[:3] ** 2).sum() / variance) if variance else 0.0
+    return (scaled * 255).round().astype(np.uint8).reshape(*features.shape[:-1], 3), explained
 
 
-def _grid(tiles: list, path: Path, columns: int = 3) -> Path:
-    from PIL import Image
-
-    grid = Image.new("RGB", (256 * columns, 256 * -(-len(tiles) // columns)))
-    for index, tile in enumerate(tiles):
-        grid.paste(tile, (256 * (index % columns), 256 * (index // columns)))
-    grid.save(path)
-    return path
+def beside(image: Image.Image, grid: np.ndarray) -> Image.Image:
+    """The image and a [h, w, 3] uint8 grid stretched to its size (each cell a block), side by side."""
+    cells = Image.fromarray(grid).resize(image.size, Image.Resampling.NEAREST)
+    picture = Image.new("RGB", (2 * image.width, image.height))
+    picture.paste(image.convert("RGB"), (0, 0))
+    picture.paste(cells, (image.width, 0))
+    return picture

@@ -11,9 +11,9 @@ import numpy as np
 from PIL import Image
 
 from edgefm.contract.errors import ArtifactError, FeedError
+from edgefm.contract.spec import whole_number
 from edgefm.runtimes.loader import Artifact
 from edgefm.runtimes.preprocess import as_pil
-from edgefm.contract.spec import whole_number
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
@@ -196,7 +196,7 @@ class Sam2Artifact(Artifact):
         full = bilinear_resize(logits, *hw) > self.task["mask_threshold"]
         return Prediction(full, scores[0].astype(np.float32), logits.astype(np.float32))
 
-    def video_tracker(self, num_frames: int | None = None) -> "VideoTracker":
+    def video_tracker(self, num_frames: int | None = None) -> VideoTracker:
         """A new streaming video tracker over this artifact's graphs (see VideoTracker)."""
         return VideoTracker(self, num_frames)
 
@@ -224,7 +224,7 @@ class VideoTracker:
     `num_frames` (a whole video known in advance) caps the pointer window as transformers does offline.
     """
 
-    def __init__(self, artifact: "Sam2Artifact", num_frames: int | None = None):
+    def __init__(self, artifact: Sam2Artifact, num_frames: int | None = None):
         valid = whole_number(num_frames) and num_frames >= 1
         if num_frames is not None and not valid:
             raise FeedError(f"num_frames {num_frames!r} must be the video's length, a whole number >= 1, or None "
