@@ -81,6 +81,17 @@ def _checks(data: Mapping[str, Any]) -> tuple[Check, ...]:
     return checks
 
 
+def _checks_json(checks: tuple[Check, ...], reference: str, inputs: str, measured_with: str | None) -> dict[str, Any]:
+    """What every validation writes first: the headline (the first check), passed over all, the checks."""
+    head = checks[0]
+    data: dict[str, Any] = {"metric": head.metric, "value": head.value, "gate": head.gate,
+                            "passed": all(c.passed for c in checks), "reference": reference, "inputs": inputs,
+                            "checks": [c.to_json() for c in checks]}
+    if measured_with is not None:
+        data["measured_with"] = measured_with
+    return data
+
+
 @dataclass(frozen=True, eq=False)
 class Attempt(JsonView):
     """One rung of a target's scheme ladder as the compile tried it."""
@@ -158,12 +169,7 @@ class Validation(JsonView):
         return ", ".join(c.describe() for c in self.checks)
 
     def to_json(self) -> dict[str, Any]:
-        head = self.headline
-        data: dict[str, Any] = {"metric": head.metric, "value": head.value, "gate": head.gate, "passed": self.passed,
-                                "reference": self.reference, "inputs": self.inputs,
-                                "checks": [c.to_json() for c in self.checks]}
-        if self.measured_with is not None:
-            data["measured_with"] = self.measured_with
+        data = _checks_json(self.checks, self.reference, self.inputs, self.measured_with)
         if self.float_layers is not None:
             data["float_layers"] = self.float_layers.to_json()
         if self.allowed_below_gate is not None:
@@ -228,12 +234,7 @@ class PipelineValidation(JsonView):
         return ", ".join(c.describe() for c in self.checks)
 
     def to_json(self) -> dict[str, Any]:
-        head = self.checks[0]
-        data: dict[str, Any] = {"metric": head.metric, "value": head.value, "gate": head.gate, "passed": self.passed,
-                                "reference": self.reference, "inputs": self.inputs,
-                                "checks": [c.to_json() for c in self.checks]}
-        if self.measured_with is not None:
-            data["measured_with"] = self.measured_with
+        data = _checks_json(self.checks, self.reference, self.inputs, self.measured_with)
         data |= {"precision": self.precision, "kept_fp32": dict(self.kept_fp32)}
         if self.allowed_below_gate is not None:
             data["allowed_below_gate"] = self.allowed_below_gate
